@@ -1,0 +1,1 @@
+"""Who is this request? Session cookies and tokens, decoded into a `Session`."""

@@ -1,0 +1,39 @@
+"""Reading and writing chunked session cookies.
+
+next-auth splits a session cookie longer than its chunk size into ``<name>.0``, ``<name>.1``,
+... and its readers join every ``<name>.N`` sorted by N. A single unsplit ``<name>`` wins when
+present, as in next-auth's ``SessionStore``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+__all__ = ["NEXTAUTH_V4_CHUNK_SIZE", "read_chunked", "chunk_value"]
+
+NEXTAUTH_V4_CHUNK_SIZE = 3933
+
+
+def read_chunked(cookies: Mapping[str, str], name: str) -> str | None:
+    """The value of cookie ``name``, joined from its ``.N`` chunks if it was split."""
+    whole = cookies.get(name)
+    if whole:
+        return whole
+    prefix = name + "."
+    chunks: list[tuple[int, str]] = []
+    for key, value in cookies.items():
+        if key.startswith(prefix):
+            index = key[len(prefix) :]
+            if index.isdigit():
+                chunks.append((int(index), value))
+    if not chunks:
+        return None
+    chunks.sort()
+    return "".join(value for _, value in chunks)
+
+
+def chunk_value(name: str, value: str, size: int = NEXTAUTH_V4_CHUNK_SIZE) -> list[tuple[str, str]]:
+    """The ``(cookie name, value)`` pairs next-auth would set for ``value``."""
+    if len(value) <= size:
+        return [(name, value)]
+    return [(f"{name}.{i}", value[start : start + size]) for i, start in enumerate(range(0, len(value), size))]

@@ -1,0 +1,172 @@
+"""A small private backend for demo mode: what gatehouse sits in front of.
+
+Endpoints (all JSON unless noted; those marked * need ``Authorization: Bearer <access token>``):
+
+* ``GET /me`` *: the signed-in user
+* ``GET /items`` *, ``POST /items`` * (JSON): a tiny per-process list
+* ``POST /upload`` * (multipart/form-data): name, size and SHA-256 of each uploaded file
+* ``GET /completion?prompt=`` *: a Server-Sent Events "completion", one word per event
+* ``POST /auth/login`` ``{"username", "password"}``: tokens for the demo user (``demo``/``demo``)
+* ``POST /auth/refresh`` ``{"refresh_token"}``: new, rotated tokens
+* ``GET /auth/password-reset`` (public): pretends to send a reset mail
+
+Access tokens are short-lived HS256 JWTs under a key private to this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import secrets
+import time
+from typing import Any
+
+import jwt
+from tornado.httputil import parse_body_arguments
+from tornado.web import Application, RequestHandler
+
+__all__ = ["DEMO_USER", "TokenIssuer", "make_backend_app"]
+
+DEMO_USER = {"id": "demo-user", "name": "Demo User", "email": "demo@example.com"}
+ACCESS_TOKEN_SECONDS = 15 * 60
+
+
+class TokenIssuer:
+    def __init__(self) -> None:
+        self._key = secrets.token_bytes(32)
+        self._refresh: dict[str, str] = {}  # live refresh token -> user id
+
+    def issue(self, user_id: str) -> tuple[str, str]:
+        now = int(time.time())
+        access = jwt.encode({"sub": user_id, "iat": now, "exp": now + ACCESS_TOKEN_SECONDS}, self._key, "HS256")
+        refresh = secrets.token_urlsafe(24)
+        self._refresh[refresh] = user_id
+        return access, refresh
+
+    def expires_at(self, access: str) -> int:
+        return int(jwt.decode(access, self._key, algorithms=["HS256"])["exp"])
+
+    def user_of(self, access: str) -> str | None:
+        try:
+            return str(jwt.decode(access, self._key, algorithms=["HS256"])["sub"])
+        except jwt.PyJWTError:
+            return None
+
+    def rotate(self, refresh: str) -> tuple[str, str] | None:
+        user_id = self._refresh.pop(refresh, None)
+        return None if user_id is None else self.issue(user_id)
+
+
+class _Handler(RequestHandler):
+    def initialize(self, tokens: TokenIssuer, items: list[dict[str, Any]]) -> None:
+        self.tokens, self.items = tokens, items
+
+    def reply(self, payload: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(payload))
+
+    def user(self) -> str | None:
+        scheme, _, token = self.request.headers.get("Authorization", "").partition(" ")
+        user = self.tokens.user_of(token) if scheme == "Bearer" else None
+        if user is None:
+            self.reply({"detail": "invalid or missing access token"}, 401)
+        return user
+
+    def body_json(self) -> Any:
+        try:
+            return json.loads(self.request.body or b"null")
+        except ValueError:
+            return None
+
+
+class Me(_Handler):
+    def get(self) -> None:
+        if self.user():
+            self.reply({"user": DEMO_USER})
+
+
+class Items(_Handler):
+    def get(self) -> None:
+        if self.user():
+            self.reply({"items": self.items})
+
+    def post(self) -> None:
+        if self.user():
+            item = {"id": len(self.items) + 1, "data": self.body_json()}
+            self.items.append(item)
+            self.reply(item, 201)
+
+
+class Upload(_Handler):
+    def post(self) -> None:
+        if not self.user():
+            return
+        files: dict[str, list[Any]] = {}
+        parse_body_arguments(self.request.headers.get("Content-Type", ""), self.request.body, {}, files)
+        self.reply(
+            {
+                "files": [
+                    {"field": field, "filename": f.filename, "size": len(f.body), "sha256": hashlib.sha256(f.body).hexdigest()}
+                    for field, items in files.items()
+                    for f in items
+                ]
+            }
+        )
+
+
+class Completion(_Handler):
+    async def get(self) -> None:
+        if not self.user():
+            return
+        prompt = self.get_query_argument("prompt", "hello")
+        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+        words = f"You said: {prompt}. This answer streams from the demo backend one word at a time.".split()
+        for word in words:
+            self.write(f"event: delta\ndata: {json.dumps({'text': word + ' '})}\n\n")
+            await self.flush()
+            await asyncio.sleep(0.15)
+        self.write('event: done\ndata: {"finish_reason": "stop"}\n\n')
+
+
+class Login(_Handler):
+    def post(self) -> None:
+        body = self.body_json() or {}
+        if body.get("username") != "demo" or body.get("password") != "demo":
+            self.reply({"detail": "invalid credentials"}, 401)
+            return
+        access, refresh = self.tokens.issue(DEMO_USER["id"])
+        self.reply({"access_token": access, "refresh_token": refresh, "expires_in": ACCESS_TOKEN_SECONDS, "user": DEMO_USER})
+
+
+class Refresh(_Handler):
+    def post(self) -> None:
+        rotated = self.tokens.rotate((self.body_json() or {}).get("refresh_token", ""))
+        if rotated is None:
+            self.reply({"detail": "invalid refresh token"}, 401)
+            return
+        self.reply({"access_token": rotated[0], "refresh_token": rotated[1], "expires_in": ACCESS_TOKEN_SECONDS})
+
+
+class PasswordReset(_Handler):
+    def get(self) -> None:
+        self.reply({"sent": True, "note": "demo: no mail is sent"})
+
+
+def make_backend_app() -> tuple[Application, TokenIssuer]:
+    tokens = TokenIssuer()
+    args = {"tokens": tokens, "items": []}
+    app = Application(
+        [
+            (r"/me", Me, args),
+            (r"/items", Items, args),
+            (r"/upload", Upload, args),
+            (r"/completion", Completion, args),
+            (r"/auth/login", Login, args),
+            (r"/auth/refresh", Refresh, args),
+            (r"/auth/password-reset", PasswordReset, args),
+        ],
+        log_function=lambda handler: None,
+    )
+    return app, tokens

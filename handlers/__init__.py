@@ -1,0 +1,1 @@
+"""HTTP routes. Handlers are thin: they name a route's policy and call `auth` and `upstream`."""

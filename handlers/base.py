@@ -1,0 +1,127 @@
+"""The shared `RequestHandler`: JSON errors, request ids, and what the access log reads.
+
+Every error a client sees is ``{"error": "<snake_case_code>", "message": "<sentence>"}``,
+raised anywhere as `ApiError`. Tornado's own errors (405, malformed bodies) are mapped to the
+same shape; nothing ever answers with a traceback, and exception logs carry neither the query
+string nor any header.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import uuid
+from types import TracebackType
+from typing import Any, ClassVar
+
+from tornado.web import HTTPError, RequestHandler
+
+from handlers.context import Context
+
+__all__ = ["ApiError", "BaseHandler", "NotFoundHandler"]
+
+log = logging.getLogger("gatehouse")
+_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+_DEFAULT_ERRORS: dict[int, tuple[str, str]] = {
+    400: ("bad_request", "The request is malformed."),
+    401: ("unauthorized", "Sign in to continue."),
+    403: ("forbidden", "This request is not allowed."),
+    404: ("not_found", "No such route."),
+    405: ("method_not_allowed", "This method is not allowed on this route."),
+    411: ("length_required", "This request needs a Content-Length."),
+    413: ("payload_too_large", "The request body is too large."),
+    502: ("bad_gateway", "The backend could not be reached or failed to answer."),
+    504: ("gateway_timeout", "The backend did not answer in time."),
+}
+
+
+class ApiError(HTTPError):
+    """An error the client gets as JSON, with an optional extra header or two."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(status)
+        self.code, self.message, self.headers = code, message, headers or {}
+
+
+class BaseHandler(RequestHandler):
+    route: ClassVar[str] = "other"
+
+    # Read by the access log (handlers/access_log.py).
+    user: str | None = None
+    outcome: str = "ok"
+    upstream_ms: float | None = None
+    bytes_out: int = 0
+
+    def initialize(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    @property
+    def request_id(self) -> str:
+        """The client's ``X-Request-ID`` when it is a sane token, else a fresh one."""
+        rid: str | None = self.__dict__.get("_request_id")
+        if rid is None:
+            offered = self.request.headers.get("X-Request-ID", "")
+            rid = offered if _SANE_REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
+            self.__dict__["_request_id"] = rid
+        return rid
+
+    def set_default_headers(self) -> None:
+        self.clear_header("Server")
+        self.set_header("X-Request-ID", self.request_id)
+        self.set_header("X-Content-Type-Options", "nosniff")
+
+    def compute_etag(self) -> str | None:
+        return None  # bodies are relayed in pieces; an ETag over one piece would be wrong
+
+    def write(self, chunk: str | bytes | dict[str, Any]) -> None:
+        if isinstance(chunk, (bytes, str)):
+            self.bytes_out += len(chunk)
+        super().write(chunk)
+
+    def send_json(self, payload: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.write(json.dumps(payload, separators=(",", ":")).encode())
+
+    def fail(self, error: ApiError) -> None:
+        """Answer ``error`` now, if nothing was answered yet."""
+        if not self._finished and not self._headers_written:
+            self.send_error(error.status_code, exc_info=(type(error), error, None))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, ApiError):
+            code, message = exc.code, exc.message
+            for name, value in exc.headers.items():
+                self.set_header(name, value)
+        else:
+            code, message = _DEFAULT_ERRORS.get(status_code, ("internal_error", "Something went wrong on our side."))
+            if status_code >= 500 and status_code not in _DEFAULT_ERRORS:
+                status_code = 500
+                self.set_status(500)
+        if status_code == 405:
+            self.set_header("Allow", ", ".join(self.SUPPORTED_METHODS))
+        if status_code == 413:
+            self.set_header("Connection", "close")  # the rest of the body is not read
+        self.send_json({"error": code, "message": message}, status_code)
+        self.finish()
+
+    def log_exception(
+        self, typ: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if isinstance(value, HTTPError):
+            return  # an answer, not a fault; the access log records it
+        log.error(
+            "unhandled error",
+            exc_info=(typ, value, tb),  # type: ignore[arg-type]
+            extra={"request_id": self.request_id, "route": self.route, "path": self.request.path},
+        )
+
+
+class NotFoundHandler(BaseHandler):
+    """Every path no route claims."""
+
+    def prepare(self) -> None:
+        raise ApiError(404, "not_found", "No such route.")

@@ -1,0 +1,35 @@
+"""What every handler shares for the life of the process, built once at startup."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from auth.session import NextAuthSessions
+from settings import Settings
+from upstream.client import UpstreamClient
+from upstream.relay import RelayLimits
+
+__all__ = ["Context"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    settings: Settings
+    sessions: NextAuthSessions
+    upstream: UpstreamClient
+    relay_limits: RelayLimits
+
+    @classmethod
+    def build(cls, settings: Settings) -> Context:
+        if settings.session_secret is None:
+            raise ValueError("a session secret is required to serve requests")
+        return cls(
+            settings=settings,
+            sessions=NextAuthSessions(settings.session_secret, settings.session_cookie_name),
+            upstream=UpstreamClient(connect_timeout=settings.upstream_connect_timeout),
+            relay_limits=RelayLimits(
+                response_timeout=settings.upstream_response_timeout,
+                idle_timeout=settings.stream_idle_timeout,
+                heartbeat_interval=settings.sse_heartbeat_interval,
+            ),
+        )

@@ -1,0 +1,192 @@
+"""``/api/proxy/<path>``: the authenticated catch-all to the private backend.
+
+Top to bottom: validate the raw path -> authenticate (unless the path is public) -> plan the
+body -> build the upstream request -> relay. Bodies take one of three paths:
+
+* none: GET/DELETE without a body (POST/PUT/PATCH without one send an empty body);
+* buffered: JSON bodies, so a malformed one gets 400 ``invalid_json`` before the backend
+  sees anything (forwarded byte for byte when valid), and bodies of unknown length on
+  methods whose upstream framing needs a length;
+* streamed: everything else (multipart uploads included), sent upstream as it arrives,
+  with flow control both ways (``upstream/body.py``).
+
+Every body is limited to ``MAX_BODY_BYTES``: 413 ``payload_too_large``, before anything is
+forwarded when ``Content-Length`` says so, or as soon as a chunked body passes the limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import logging
+
+from tornado.iostream import StreamClosedError
+from tornado.web import stream_request_body
+
+from auth.session import Unauthenticated
+from handlers.base import ApiError, BaseHandler
+from upstream.body import BodyPipe
+from upstream.paths import InvalidPath, parse_backend_path
+from upstream.relay import Relay, RelayError, relay
+from upstream.request import upstream_headers, upstream_url
+
+__all__ = ["ProxyHandler"]
+
+log = logging.getLogger("gatehouse")
+PREFIX = "/api/proxy/"
+_BODY_METHODS = frozenset(("POST", "PUT", "PATCH"))
+_UNLIMITED = 2**62  # Tornado's own body limit is lifted; the handler enforces MAX_BODY_BYTES
+
+
+class _Body(enum.Enum):
+    NONE = "none"
+    BUFFERED = "buffered"
+    STREAMED = "streamed"
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+@stream_request_body
+class ProxyHandler(BaseHandler):
+    SUPPORTED_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+    route = "proxy"
+
+    _relay: Relay | None = None
+    _pipe: BodyPipe | None = None
+    _streamed: asyncio.Task[None] | None = None
+
+    async def prepare(self) -> None:
+        try:
+            path = parse_backend_path(self.request.path[len(PREFIX) :])
+        except InvalidPath as exc:
+            raise ApiError(400, "invalid_path", str(exc)) from None
+        settings = self.ctx.settings
+        token: str | None = None
+        if not path.is_under(settings.public_paths):
+            try:
+                session = self.ctx.sessions.authenticate(self.request.headers)
+            except Unauthenticated as exc:
+                raise ApiError(401, "unauthorized", str(exc)) from None
+            token, self.user = session.access_token, session.user
+
+        self._body, length = self._plan_body()
+        assert settings.backend is not None
+        self._url = upstream_url(settings.backend, path, self.request.query)
+        self._upstream_headers = upstream_headers(
+            self.request, self.request_id, token, str(length) if self._body is _Body.STREAMED and length is not None else None
+        )
+        self._received = 0
+        self._buffer = bytearray()
+        self.request.connection.set_max_body_size(_UNLIMITED)  # type: ignore[union-attr]
+        if self._body is _Body.STREAMED:
+            self._pipe = BodyPipe()
+            self._streamed = asyncio.ensure_future(self._forward(None, self._pipe.produce))
+            self._streamed.add_done_callback(_retrieve)
+
+    def _plan_body(self) -> tuple[_Body, int | None]:
+        headers = self.request.headers
+        length: int | None = None
+        if "Content-Length" in headers:
+            raw = headers["Content-Length"]
+            if not raw.isdigit():
+                raise ApiError(400, "bad_request", "Content-Length is not a number.")
+            length = int(raw)
+            if length > self.ctx.settings.max_body_bytes:
+                raise ApiError(413, "payload_too_large", "The request body is larger than this gateway accepts.")
+        has_body = "Transfer-Encoding" in headers or bool(length)
+        if not has_body:
+            return _Body.NONE, length
+        if _is_json(headers.get("Content-Type", "")):
+            return _Body.BUFFERED, length
+        if length is not None or self.request.method in _BODY_METHODS:
+            return _Body.STREAMED, length
+        return _Body.BUFFERED, length  # e.g. a chunked DELETE body: the client needs a length
+
+    def data_received(self, chunk: bytes) -> asyncio.Future[None] | None:
+        self._received += len(chunk)
+        if self._received > self.ctx.settings.max_body_bytes:
+            error = ApiError(413, "payload_too_large", "The request body is larger than this gateway accepts.")
+            if self._pipe is not None:
+                self._pipe.abort(error)  # the relay answers it (and drops the upstream request)
+            else:
+                self.fail(error)
+            return None
+        if self._pipe is not None:
+            return self._pipe.feed(chunk)  # type: ignore[return-value]
+        self._buffer += chunk
+        return None
+
+    async def get(self, *_: str) -> None:
+        if self._streamed is not None:
+            assert self._pipe is not None
+            await self._pipe.close()
+            await self._streamed
+            return
+        body: bytes | None = None
+        if self._body is _Body.BUFFERED:
+            body = bytes(self._buffer)
+            if _is_json(self.request.headers.get("Content-Type", "")):
+                _check_json(body)
+        elif self.request.method in _BODY_METHODS:
+            body = b""
+        await self._forward(body, None)
+
+    post = put = patch = delete = get
+
+    async def _forward(self, body: bytes | None, producer: object) -> None:
+        """Relay the upstream's answer; failures before its headers are answered as JSON."""
+
+        def started(worker: Relay) -> None:
+            self._relay = worker
+
+        if self.outcome == "client_closed":
+            return
+        try:
+            result = await relay(
+                self,
+                self.ctx.upstream,
+                self.ctx.relay_limits,
+                url=self._url,
+                method=self.request.method or "GET",
+                headers=self._upstream_headers,
+                body=body,
+                body_producer=producer,  # type: ignore[arg-type]
+                on_start=started,
+            )
+        except RelayError as exc:
+            if self.outcome != "client_closed":
+                self.outcome = "upstream_failed"
+                self.fail(ApiError(exc.status, exc.code, exc.message))
+            return
+        except ApiError as exc:
+            self.outcome = "request_rejected"
+            self.fail(exc)
+            return
+        self.outcome, self.upstream_ms = result.outcome, result.upstream_ms
+
+    def on_connection_close(self) -> None:
+        if self._relay is not None and self._relay.finished:
+            return  # the browser hung up after the whole answer: nothing was cut short
+        self.outcome = "client_closed"
+        if self._relay is not None:
+            self._relay.cancel()
+        if self._pipe is not None:
+            # A closed stream, so Tornado's client treats the producer's failure as the
+            # connection ending, not as a bug: the upstream sees its request cut off.
+            self._pipe.abort(StreamClosedError())
+
+
+def _check_json(body: bytes) -> None:
+    try:
+        json.loads(body)
+    except (UnicodeDecodeError, ValueError):
+        raise ApiError(400, "invalid_json", "The request body is not valid JSON.") from None
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("upload relay failed", exc_info=task.exception())

@@ -1,0 +1,146 @@
+"""Gatehouse: the entry point and the application factory.
+
+``make_app(settings)`` builds the Tornado application (tests serve it in-process);
+``python server.py`` loads the settings, configures logging, the event loop and the file
+descriptor limit, starts the demo upstreams when no ``BACKEND_URL`` is configured, listens,
+and drains on SIGTERM / SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import signal
+import sys
+from typing import Any
+
+from pythonjsonlogger.json import JsonFormatter
+from tornado.httpserver import HTTPServer
+from tornado.web import Application
+
+from handlers.access_log import log_request
+from handlers.base import NotFoundHandler
+from handlers.context import Context
+from handlers.health import HealthHandler, ReadyHandler
+from handlers.proxy import ProxyHandler
+from settings import Settings, SettingsError, load_settings
+
+__all__ = ["main", "make_app", "make_server"]
+
+log = logging.getLogger("gatehouse")
+SHUTDOWN_GRACE_SECONDS = 10.0
+
+
+def make_app(settings: Settings, ctx: Context | None = None) -> Application:
+    """The gateway's routes, all sharing one `Context`."""
+    ctx = ctx or Context.build(settings)
+    args: dict[str, Any] = {"ctx": ctx}
+    return Application(
+        [
+            (r"/api/proxy/.*", ProxyHandler, args),
+            (r"/healthz", HealthHandler, args),
+            (r"/readyz", ReadyHandler, args),
+        ],
+        default_handler_class=NotFoundHandler,
+        default_handler_args=args,
+        log_function=log_request,
+        compress_response=False,  # never gzip text/event-stream; bodies are relayed as they came
+        serve_traceback=False,
+    )
+
+
+def make_server(app: Application, settings: Settings) -> HTTPServer:
+    return HTTPServer(
+        app,
+        xheaders=False,  # X-Forwarded-* from clients are not trusted
+        max_body_size=settings.max_body_bytes,  # the proxy route enforces its own limit
+        idle_connection_timeout=75,
+    )
+
+
+def configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        JsonFormatter(
+            "%(asctime)s %(levelname)s %(name)s %(message)s",
+            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def raise_fd_limit() -> int:
+    """Lift the soft open-file limit to the hard one: each stream holds two sockets."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1_048_576)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            return target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def install_uvloop() -> str:
+    try:
+        import uvloop
+    except ImportError:
+        return "asyncio"
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return "uvloop"
+
+
+async def serve(settings: Settings, loop_name: str, fd_limit: int) -> None:
+    demo_banner = None
+    if settings.demo:
+        from demo import start_demo
+
+        settings, demo_banner = await start_demo(settings)
+    ctx = Context.build(settings)
+    server = make_server(make_app(settings, ctx), settings)
+    server.listen(settings.port, settings.host)
+    log.info(
+        "listening",
+        extra={"host": settings.host, "port": settings.port, "event_loop": loop_name, "fd_limit": fd_limit,
+               "demo": settings.demo, "backend": str(settings.backend)},
+    )
+    if demo_banner:
+        print(demo_banner, flush=True)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    server.stop()  # no new connections; requests in flight get a grace period, then are cut
+    deadline = loop.time() + SHUTDOWN_GRACE_SECONDS
+    while ctx.upstream.active_fetches and loop.time() < deadline:
+        await asyncio.sleep(0.1)
+    await server.close_all_connections()
+    ctx.upstream.close()
+
+
+def main() -> int:
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"gatehouse: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    loop_name = install_uvloop()
+    fd_limit = raise_fd_limit()
+    try:
+        asyncio.run(serve(settings, loop_name, fd_limit))
+    except OSError as exc:  # e.g. the port is taken
+        print(f"gatehouse: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""Gatehouse configuration: one frozen `Settings` built once, at startup.
+
+Every value comes from the environment (or a ``.env`` file beside the process; the real
+environment wins). Each variable is parsed and checked here, so a bad value stops the process
+with one line naming the variable, and nothing reads ``os.environ`` at request time.
+
+The seed projects' variable names are accepted as aliases (``NEXT_PUBLIC_BACKEND_URL``,
+``NEXTAUTH_SECRET``, ``AUTH_SECRET``, ``NODE_ENV``), first name winning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import urllib.parse
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TypeVar
+
+__all__ = ["Settings", "SettingsError", "load_settings", "read_dotenv"]
+
+MIB = 1024 * 1024
+_T = TypeVar("_T")
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing or invalid. The message names the variable."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendURL:
+    """The private backend's base URL, split once so requests can be built from parts."""
+
+    scheme: str
+    netloc: str
+    base_path: str  # "" or "/v1": no trailing slash
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{self.netloc}{self.base_path}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    backend: BackendURL | None  # None only before demo mode fills it in
+    session_secret: str | None
+    production: bool
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_paths: tuple[str, ...] = ("auth/password-reset", "auth/forgot-password")
+    upstream_connect_timeout: float = 10.0
+    upstream_response_timeout: float = 60.0
+    stream_idle_timeout: float = 300.0
+    sse_heartbeat_interval: float = 15.0
+    max_body_bytes: int = 100 * MIB
+    log_level: str = "INFO"
+    demo: bool = False  # no BACKEND_URL: `make run` starts in-process demo upstreams
+
+    @property
+    def session_cookie_name(self) -> str:
+        """next-auth v4's cookie name; the ``__Secure-`` prefix is used over https."""
+        return "__Secure-next-auth.session-token" if self.production else "next-auth.session-token"
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """Parse a ``.env`` file: ``KEY=VALUE`` lines, ``#`` comments, optional ``export``
+    prefix and matching single or double quotes. A missing file is an empty mapping."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    values: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        line = line.removeprefix("export ").lstrip()
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise SettingsError(f"{path}:{number}: expected KEY=VALUE")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        elif " #" in value:
+            value = value.split(" #", 1)[0].rstrip()
+        values[key] = value
+    return values
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, dotenv: Path | None = Path(".env")
+) -> Settings:
+    """Build `Settings` from ``environ`` (default ``os.environ``) over the ``.env`` file.
+
+    Raises `SettingsError` with a one-line message naming the offending variable.
+    """
+    env: dict[str, str] = read_dotenv(dotenv) if dotenv is not None else {}
+    env.update(os.environ if environ is None else environ)
+    reader = _Reader(env)
+
+    environment = reader.choice(("ENV", "NODE_ENV"), ("development", "production", "test"), "development")
+    production = environment == "production"
+    backend = reader.get(("BACKEND_URL", "NEXT_PUBLIC_BACKEND_URL"), _parse_backend_url, None)
+    secret = reader.get(("SESSION_SECRET", "NEXTAUTH_SECRET", "AUTH_SECRET"), _non_empty, None)
+    if production and backend is None:
+        raise SettingsError("BACKEND_URL is required when ENV=production (demo mode is for development only)")
+    if backend is not None and secret is None:
+        raise SettingsError("SESSION_SECRET (or NEXTAUTH_SECRET / AUTH_SECRET) is required when BACKEND_URL is set")
+
+    defaults = Settings(backend=None, session_secret=None, production=False)
+    return Settings(
+        backend=backend,
+        session_secret=secret,
+        production=production,
+        host=reader.get(("HOST",), _non_empty, defaults.host),
+        port=reader.get(("PORT",), _int_in(0, 65535), defaults.port),
+        public_paths=reader.get(("PUBLIC_PATHS",), _path_prefixes, defaults.public_paths),
+        upstream_connect_timeout=reader.get(
+            ("UPSTREAM_CONNECT_TIMEOUT",), _positive_float, defaults.upstream_connect_timeout
+        ),
+        upstream_response_timeout=reader.get(
+            ("UPSTREAM_RESPONSE_TIMEOUT",), _positive_float, defaults.upstream_response_timeout
+        ),
+        stream_idle_timeout=reader.get(("STREAM_IDLE_TIMEOUT",), _positive_float, defaults.stream_idle_timeout),
+        sse_heartbeat_interval=reader.get(
+            ("SSE_HEARTBEAT_INTERVAL",), _positive_float, defaults.sse_heartbeat_interval
+        ),
+        max_body_bytes=reader.get(("MAX_BODY_BYTES",), _int_in(0, 2**53), defaults.max_body_bytes),
+        log_level=reader.choice(("LOG_LEVEL",), ("DEBUG", "INFO", "WARNING", "ERROR"), defaults.log_level, upper=True),
+        demo=backend is None,
+    )
+
+
+class _Reader:
+    """Looks a value up under its name and aliases and parses it, naming the variable on error."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def get(self, names: tuple[str, ...], parse: Callable[[str], _T], default: _T) -> _T:
+        for name in names:
+            raw = self._env.get(name)
+            if raw is None or raw.strip() == "":
+                continue
+            try:
+                return parse(raw.strip())
+            except ValueError as exc:
+                raise SettingsError(f"{name}: {exc} (got {raw!r})") from None
+        return default
+
+    def choice(self, names: tuple[str, ...], allowed: tuple[str, ...], default: str, upper: bool = False) -> str:
+        def parse(raw: str) -> str:
+            value = raw.upper() if upper else raw.lower()
+            if value not in allowed:
+                raise ValueError(f"must be one of {', '.join(allowed)}")
+            return value
+
+        return self.get(names, parse, default)
+
+
+def _non_empty(raw: str) -> str:
+    return raw
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not value > 0 or value == float("inf"):
+        raise ValueError("must be a positive number of seconds")
+    return value
+
+
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError("must be a whole number") from None
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}")
+        return value
+
+    return parse
+
+
+def _path_prefixes(raw: str) -> tuple[str, ...]:
+    prefixes = tuple(p.strip().strip("/") for p in raw.split(",") if p.strip().strip("/"))
+    for prefix in prefixes:
+        if any(seg in ("", ".", "..") for seg in prefix.split("/")) or "?" in prefix or "%" in prefix:
+            raise ValueError(f"{prefix!r} is not a plain path prefix")
+    return prefixes
+
+
+def _parse_backend_url(raw: str) -> BackendURL:
+    parts = urllib.parse.urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an absolute http:// or https:// URL")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not contain credentials")
+    if parts.query or parts.fragment:
+        raise ValueError("must not contain a query string or fragment")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ValueError("has an invalid port") from None
+    return BackendURL(scheme=parts.scheme, netloc=parts.netloc, base_path=parts.path.rstrip("/"))

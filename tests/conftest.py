@@ -1,0 +1,147 @@
+"""Shared fixtures: a real gatehouse on a real socket, in front of fakes on real sockets.
+
+Tests are coroutines run by pytest-tornado (``@pytest.mark.gen_test``) on a fresh IOLoop.
+
+* ``backend``: a `FakeBackend` (tests/fakes/backend.py), recording every request.
+* ``gateway``: gatehouse in front of ``backend`` with test settings; ``start_gateway`` makes
+  one with other settings or another upstream.
+* ``session_cookie(**claims)``: a next-auth v4 ``Cookie`` header for the test secret.
+* ``fetch``: an HTTP client that never raises on status and never times a stream out.
+* ``logs``: every log line gatehouse writes during the test, as formatted JSON text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tornado.httpclient import AsyncHTTPClient, HTTPResponse
+from tornado.httpserver import HTTPServer
+from tornado.testing import bind_unused_port
+
+from auth.nextauth import NextAuthV4Codec
+from handlers.context import Context
+from server import configure_logging, make_app, make_server
+from settings import Settings, _parse_backend_url
+from tests.fakes.backend import FakeBackend
+
+INTEROP = json.loads((Path(__file__).parent / "fixtures" / "interop" / "fixtures.json").read_text())
+SECRET: str = INTEROP["nextauth_v4"]["secret"]
+ACCESS_TOKEN = "at-test-4f1d2c3b5a6e7d8c"
+REFRESH_TOKEN = "rt-test-9a8b7c6d5e4f3a2b"
+
+
+@dataclasses.dataclass
+class RunningGateway:
+    url: str
+    settings: Settings
+    ctx: Context
+    server: HTTPServer
+
+    def close(self) -> None:
+        self.server.stop()
+        self.ctx.upstream.close()
+
+
+def test_settings(backend_url: str, **overrides: Any) -> Settings:
+    base = Settings(backend=_parse_backend_url(backend_url), session_secret=SECRET, production=False)
+    return dataclasses.replace(base, **overrides)
+
+
+test_settings.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+
+
+@pytest.fixture
+def start_gateway(io_loop: Any) -> Iterator[Callable[..., RunningGateway]]:
+    started: list[RunningGateway] = []
+
+    def start(backend_url: str, **overrides: Any) -> RunningGateway:
+        settings = test_settings(backend_url, **overrides)
+        ctx = Context.build(settings)
+        server = make_server(make_app(settings, ctx), settings)
+        sock, port = bind_unused_port()
+        server.add_sockets([sock])
+        running = RunningGateway(f"http://127.0.0.1:{port}", settings, ctx, server)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.close()
+
+
+@pytest.fixture
+def backend(io_loop: Any) -> Iterator[FakeBackend]:
+    fake = FakeBackend()
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def gateway(backend: FakeBackend, start_gateway: Callable[..., RunningGateway]) -> RunningGateway:
+    return start_gateway(backend.url)
+
+
+@pytest.fixture
+def codec() -> NextAuthV4Codec:
+    return NextAuthV4Codec(SECRET)
+
+
+@pytest.fixture
+def session_cookie(codec: NextAuthV4Codec) -> Callable[..., str]:
+    def make(cookie_name: str = "next-auth.session-token", **claims: Any) -> str:
+        claims = {"sub": "user-1", "access_token": ACCESS_TOKEN, "refresh_token": REFRESH_TOKEN, **claims}
+        return f"{cookie_name}={codec.encode(claims)}"
+
+    return make
+
+
+@pytest.fixture
+def fetch(io_loop: Any) -> Iterator[Callable[..., Any]]:
+    client = AsyncHTTPClient(force_instance=True, max_body_size=2**40)
+
+    async def do(url: str, **kwargs: Any) -> HTTPResponse:
+        kwargs.setdefault("request_timeout", 60)
+        kwargs.setdefault("follow_redirects", False)
+        kwargs.setdefault("decompress_response", False)
+        kwargs.setdefault("allow_nonstandard_methods", True)
+        return await client.fetch(url, raise_error=False, **kwargs)
+
+    yield do
+    client.close()
+
+
+class LogCapture(logging.Handler):
+    """Keeps every record as the JSON line production would print."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+    def records(self, logger: str | None = None) -> list[dict[str, Any]]:
+        parsed = [json.loads(line) for line in self.lines]
+        return [r for r in parsed if logger is None or r.get("logger") == logger]
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+@pytest.fixture
+def logs() -> Iterator[LogCapture]:
+    configure_logging("DEBUG")
+    root = logging.getLogger()
+    stdout_handler = root.handlers[0]
+    capture = LogCapture()
+    capture.setFormatter(stdout_handler.formatter)
+    root.addHandler(capture)
+    yield capture
+    root.removeHandler(capture)

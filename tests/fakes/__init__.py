@@ -1,0 +1,1 @@
+"""Fake upstreams on real sockets, speaking the real wire formats."""

@@ -1,0 +1,159 @@
+"""A fake private backend on a real socket, recording every request it receives.
+
+Routes (any method unless said otherwise):
+
+* ``/echo/...``: JSON of what arrived: method, raw path, raw query, headers, body size and
+  SHA-256 (the body is read streamed, so 20 MB uploads cost nothing).
+* ``/bytes/<n>``: ``n`` deterministic bytes (`payload`); ``?chunked=1`` omits Content-Length.
+* ``/gzip``: a gzip-encoded JSON body with ``Content-Encoding: gzip`` and its Content-Length.
+* ``/status/<code>``: that status with a JSON body (and a ``Retry-After`` on 429/503).
+* ``/headers``: a response with ``Set-Cookie``, hop-by-hop and ``Connection``-named headers.
+* ``/sse?events=N&interval=S``: N SSE events, each ``data: {"n": i, "sent": <time>}``.
+* ``/slow?delay=S``: waits S seconds before answering.
+* ``/auth/password-reset...``, ``/auth/forgot-password...``: same as ``/echo``.
+
+`FakeBackend.requests` is the list of `Recorded` requests, in arrival order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import gzip
+import hashlib
+import json
+import random
+import time
+from typing import Any
+
+from tornado.httpserver import HTTPServer
+from tornado.testing import bind_unused_port
+from tornado.web import Application, RequestHandler, stream_request_body
+
+__all__ = ["FakeBackend", "Recorded", "payload"]
+
+
+def payload(size: int, seed: int = 7) -> bytes:
+    """``size`` deterministic, incompressible bytes."""
+    return random.Random(seed).randbytes(size)
+
+
+@dataclasses.dataclass
+class Recorded:
+    method: str
+    path: str  # raw, as on the request line
+    query: str
+    headers: dict[str, list[str]]
+    body_size: int = 0
+    body_sha256: str = ""
+    body: bytes = b""  # kept only when small
+
+    def header(self, name: str) -> str | None:
+        values = self.headers.get(name.lower())
+        return values[0] if values else None
+
+
+@stream_request_body
+class _Handler(RequestHandler):
+    SUPPORTED_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
+
+    def initialize(self, backend: FakeBackend) -> None:
+        self.backend = backend
+
+    def prepare(self) -> None:
+        self.request.connection.set_max_body_size(2**40)  # type: ignore[union-attr]
+        headers: dict[str, list[str]] = {}
+        for name, value in self.request.headers.get_all():
+            headers.setdefault(name.lower(), []).append(value)
+        self.record = Recorded(self.request.method or "", self.request.path, self.request.query, headers)
+        self.digest = hashlib.sha256()
+        self.small = bytearray()
+        self.backend.requests.append(self.record)
+
+    def data_received(self, chunk: bytes) -> None:
+        self.record.body_size += len(chunk)
+        self.digest.update(chunk)
+        if len(self.small) < 1_000_000:
+            self.small += chunk
+
+    def json(self, value: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(value))
+
+    async def get(self) -> None:
+        self.record.body_sha256 = self.digest.hexdigest()
+        self.record.body = bytes(self.small)
+        path = self.request.path
+        if path.startswith("/bytes/"):
+            await self.send_bytes(int(path.split("/")[2]))
+        elif path == "/gzip":
+            self.set_header("Content-Encoding", "gzip")
+            self.set_header("Content-Type", "application/json")
+            self.finish(gzip.compress(json.dumps({"compressed": True, "pad": "x" * 2000}).encode()))
+        elif path.startswith("/status/"):
+            code = int(path.split("/")[2])
+            if code in (429, 503):
+                self.set_header("Retry-After", "7")
+            self.json({"detail": f"backend says {code}"}, code)
+        elif path == "/headers":
+            self.set_header("Set-Cookie", "backend_session=leak; Path=/")
+            self.set_header("Connection", "X-Hop-Secret")
+            self.set_header("X-Hop-Secret", "hop")
+            self.set_header("Keep-Alive", "timeout=5")
+            self.set_header("Proxy-Authenticate", "Basic")
+            self.set_header("X-Backend", "kept")
+            self.json({"ok": True})
+        elif path == "/sse":
+            await self.send_events(int(self.get_query_argument("events", "5")), float(self.get_query_argument("interval", "0.05")))
+        elif path == "/slow":
+            await asyncio.sleep(float(self.get_query_argument("delay", "1")))
+            self.json({"slow": True})
+        else:
+            self.json(self.echo())
+
+    post = put = patch = delete = options = get
+
+    def echo(self) -> dict[str, Any]:
+        r = self.record
+        return {
+            "method": r.method,
+            "path": r.path,
+            "query": r.query,
+            "headers": r.headers,
+            "body_size": r.body_size,
+            "body_sha256": r.body_sha256,
+        }
+
+    async def send_bytes(self, size: int) -> None:
+        data = payload(size)
+        self.set_header("Content-Type", "application/octet-stream")
+        if self.get_query_argument("chunked", None) is None:
+            self.set_header("Content-Length", str(size))
+        for start in range(0, size, 256 * 1024):
+            self.write(data[start : start + 256 * 1024])
+            await self.flush()
+
+    async def send_events(self, count: int, interval: float) -> None:
+        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+        for n in range(count):
+            self.write(f"data: {json.dumps({'n': n, 'sent': time.time()})}\n\n")
+            await self.flush()
+            await asyncio.sleep(interval)
+
+
+class FakeBackend:
+    """Serve the fake backend on 127.0.0.1 in the current IOLoop; `close` when done."""
+
+    def __init__(self) -> None:
+        self.requests: list[Recorded] = []
+        sock, self.port = bind_unused_port()
+        self.server = HTTPServer(Application([(r"/.*", _Handler, {"backend": self})]), max_body_size=2**40)
+        self.server.add_sockets([sock])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.server.stop()

@@ -1,0 +1,57 @@
+"""Carrying a request body from the browser to the upstream as it arrives.
+
+`BodyPipe` connects Tornado's ``data_received`` (producer side) to an ``HTTPRequest``
+``body_producer`` (consumer side) through a small bounded queue. Flow control holds both
+ways: a full queue makes ``feed`` return an awaitable, which Tornado awaits before reading
+more from the browser; the consumer awaits each upstream socket write before taking the
+next chunk. At most ``max_chunks`` reads (64 KiB each by default) are in memory per upload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+__all__ = ["BodyPipe"]
+
+_END = b""
+
+
+class BodyPipe:
+    def __init__(self, max_chunks: int = 4) -> None:
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=max_chunks)
+        self._error: BaseException | None = None
+
+    def feed(self, chunk: bytes) -> Awaitable[None] | None:
+        """Queue ``chunk``; an awaitable when the queue is full (Tornado waits on it)."""
+        if not chunk or self._error is not None:
+            return None
+        try:
+            self._queue.put_nowait(chunk)
+            return None
+        except asyncio.QueueFull:
+            return self._queue.put(chunk)
+
+    async def close(self) -> None:
+        """The body is complete."""
+        if self._error is None:
+            await self._queue.put(_END)
+
+    def abort(self, error: BaseException) -> None:
+        """Fail the upload with ``error``; frees any waiting producer."""
+        if self._error is not None:
+            return
+        self._error = error
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        self._queue.put_nowait(_END)  # wakes the consumer, which then raises ``error``
+
+    async def produce(self, write: Callable[[bytes], Awaitable[None]]) -> None:
+        """The ``body_producer``: write each chunk upstream, waiting for each write."""
+        while True:
+            chunk = await self._queue.get()
+            if self._error is not None:
+                raise self._error
+            if not chunk:
+                return
+            await write(chunk)

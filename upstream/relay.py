@@ -1,0 +1,316 @@
+"""Relaying one upstream response to one browser, chunk by chunk, with backpressure.
+
+This is the only place that moves bytes from an upstream to a browser. The contract:
+
+* Status and headers go to the browser as soon as the upstream's headers arrive, filtered by
+  ``upstream/headers.py``; ``text/event-stream`` responses also get
+  ``Cache-Control: no-cache, no-transform`` and ``X-Accel-Buffering: no``.
+* Each body chunk is written and its flush awaited inside Tornado's ``streaming_callback``,
+  which Tornado awaits before reading more: a slow browser slows the upstream read instead
+  of growing memory. Flushes are strictly one at a time (an unawaited flush future may
+  never resolve once a later write replaces it).
+* SSE bytes are never altered; a partial trailing event is held back until it completes, so
+  heartbeats (``: keep-alive``) and the final ``error`` event always fall between events.
+* One watchdog timer per relay enforces the time limits, because the fetch's own outcome is
+  not enough (a reset mid-body was seen to leave Tornado's fetch hanging): no headers within
+  ``response_timeout`` -> 504; no progress (upstream bytes or a completed browser write) for
+  ``idle_timeout`` -> the stream ends. There is no total time limit.
+* A failure before the headers is raised as a `RelayError` for the handler to answer as JSON.
+  A failure after them ends an SSE response with an ``error`` event and cuts any other
+  response off (connection closed), so a truncated body never looks complete.
+* `cancel` (the browser went away) aborts the upstream at once, in any phase.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from tornado.httputil import HTTPHeaders, parse_response_start_line
+from tornado.iostream import StreamClosedError
+from tornado.simple_httpclient import HTTPTimeoutError
+from tornado.web import RequestHandler
+
+from upstream.client import AbortableRequest, UpstreamAborted, UpstreamClient
+from upstream.headers import response_headers_to_relay
+from upstream.sse import EventBuffer, comment, error_event, is_event_stream
+
+__all__ = ["RelayError", "RelayLimits", "RelayResult", "relay"]
+
+BodyProducer = Callable[[Callable[[bytes], Awaitable[None]]], Awaitable[None]]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RelayLimits:
+    response_timeout: float
+    idle_timeout: float
+    heartbeat_interval: float
+
+
+@dataclasses.dataclass(slots=True)
+class RelayResult:
+    """What happened, for the access log."""
+
+    outcome: str = "ok"  # ok | client_closed | upstream_failed | idle_timeout | request_rejected
+    upstream_ms: float | None = None  # time to the upstream's response headers
+    status: int | None = None
+
+
+class RelayError(Exception):
+    """The upstream failed before any response reached the browser."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+class _PassThrough(Exception):
+    """Wraps an exception raised by the request's own body producer (e.g. a 413)."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class Relay:
+    """One relay per proxied request. Use `relay`; `cancel` is for ``on_connection_close``."""
+
+    def __init__(self, handler: RequestHandler, client: UpstreamClient, limits: RelayLimits) -> None:
+        self._handler = handler
+        self._client = client
+        self._limits = limits
+        self._loop = asyncio.get_running_loop()
+        self._request: AbortableRequest | None = None
+        self._status_line = ""
+        self._headers = HTTPHeaders()
+        self._headers_sent = False
+        self._sse: EventBuffer | None = None
+        self._writing: asyncio.Future[None] | None = None
+        self._last_progress = 0.0
+        self._last_write = 0.0
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._failure: str | None = None  # why the gateway aborted: outcome name
+        self.result = RelayResult()
+        self.finished = False  # the whole upstream response reached the browser's socket
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def run(
+        self, url: str, method: str, headers: HTTPHeaders, body: bytes | None, body_producer: BodyProducer | None
+    ) -> RelayResult:
+        if self._failure is not None:  # cancelled before it started
+            self.result.outcome = self._failure
+            return self.result
+        self._request = AbortableRequest(
+            url,
+            method=method,
+            headers=headers,
+            body=body,
+            body_producer=_guard(body_producer) if body_producer else None,
+            header_callback=self._on_header_line,
+            streaming_callback=self._on_chunk,
+        )
+        started = self._loop.time()
+        self._last_progress = started
+        self._arm(started + self._limits.response_timeout)
+        try:
+            await self._client.fetch(self._request)
+        except _PassThrough as wrapped:
+            self._failure = self._failure or "request_rejected"
+            if not self._headers_sent:
+                raise wrapped.error from None
+        except Exception as exc:  # aborted by us, or refused, reset, timed out connecting
+            if not isinstance(exc, UpstreamAborted):
+                self._failure = self._failure or "upstream_failed"
+            if not self._headers_sent and self._failure != "client_closed":
+                raise _error_before_headers(exc, self._failure) from None
+        finally:
+            self._disarm()
+        await self._finish()
+        self.finished = self._failure is None
+        return self.result
+
+    def cancel(self) -> None:
+        """The browser disconnected: drop the upstream request now, whatever its phase."""
+        self._abort("client_closed")
+
+    # -- upstream events -----------------------------------------------------------------
+
+    def _on_header_line(self, line: str) -> None:
+        if not self._status_line:
+            self._status_line = line
+        elif line in ("\r\n", "\n"):
+            self._start_response()
+        else:
+            self._headers.parse_line(line)
+
+    def _start_response(self) -> None:
+        start = parse_response_start_line(self._status_line.strip())
+        now = self._loop.time()
+        self.result.upstream_ms = round((now - self._last_progress) * 1000, 1)
+        self.result.status = start.code
+        self._last_progress = self._last_write = now
+        handler = self._handler
+        for default in ("Content-Type", "Server", "Date"):
+            handler.clear_header(default)
+        handler.set_status(start.code)  # custom reason phrases are not relayed (HTTP/2 has none)
+        for name, value in response_headers_to_relay(self._headers):
+            try:
+                handler.add_header(name, value)
+            except ValueError:
+                pass  # a value Tornado refuses to emit (control characters) is dropped
+        if is_event_stream(self._headers.get("Content-Type")):
+            self._sse = EventBuffer()
+            handler.set_header("Cache-Control", "no-cache, no-transform")
+            handler.set_header("X-Accel-Buffering", "no")
+            handler.clear_header("Content-Length")
+        self._headers_sent = True
+        self._writing = self._flush_now()  # the browser sees the status before the first byte
+        self._arm(now + self._tick_interval())
+
+    async def _on_chunk(self, chunk: bytes) -> None:
+        self._last_progress = self._loop.time()
+        if self._failure is not None:
+            return
+        data = self._sse.feed(chunk) if self._sse is not None else chunk
+        if data:
+            await self._send(data)
+            self._last_progress = self._loop.time()
+
+    # -- writing to the browser ----------------------------------------------------------
+
+    def _flush_now(self) -> asyncio.Future[None]:
+        return asyncio.ensure_future(self._handler.flush())
+
+    async def _send(self, data: bytes) -> None:
+        """Write and flush ``data`` after any flush in progress; one flush at a time."""
+        while self._writing is not None and not self._writing.done():
+            try:
+                await self._writing
+            except StreamClosedError:
+                break
+        self._handler.write(data)
+        self._last_write = self._loop.time()
+        self._writing = self._flush_now()
+        try:
+            await self._writing
+        except StreamClosedError:
+            self._abort("client_closed")
+
+    async def _finish(self) -> None:
+        if self._writing is not None:
+            try:
+                await self._writing
+            except StreamClosedError:
+                self._failure = self._failure or "client_closed"
+        if self._failure is None:
+            if self._sse is not None:
+                rest = self._sse.drain()
+                if rest:
+                    await self._send(rest)
+            return
+        self.result.outcome = self._failure
+        if self._failure == "client_closed" or not self._headers_sent:
+            return
+        if self._sse is not None:
+            prefix = b"" if self._sse.between_events else b"\n\n"
+            await self._send(prefix + error_event("upstream_failed", _failure_message(self._failure)))
+        # Never complete a body that is not whole: close instead of writing the last chunk.
+        self._handler.request.connection.close()  # type: ignore[union-attr]
+
+    # -- time limits ---------------------------------------------------------------------
+
+    def _tick_interval(self) -> float:
+        if self._sse is not None:
+            return min(self._limits.heartbeat_interval, self._limits.idle_timeout)
+        return self._limits.idle_timeout
+
+    def _arm(self, when: float) -> None:
+        self._disarm()
+        self._watchdog = self._loop.call_at(when, self._on_watchdog)
+
+    def _disarm(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+
+    def _on_watchdog(self) -> None:
+        self._watchdog = None
+        now = self._loop.time()
+        if not self._headers_sent:
+            self._abort("response_timeout")
+            return
+        if now - self._last_progress >= self._limits.idle_timeout:
+            self._abort("idle_timeout")
+            return
+        heartbeat_due = self._last_write + self._limits.heartbeat_interval
+        if self._sse is not None and now >= heartbeat_due and self._sse.between_events:
+            if self._writing is None or self._writing.done():
+                self._writing = self._flush_heartbeat()
+                heartbeat_due = now + self._limits.heartbeat_interval
+        idle_due = self._last_progress + self._limits.idle_timeout
+        self._arm(min(idle_due, heartbeat_due) if self._sse is not None else idle_due)
+
+    def _flush_heartbeat(self) -> asyncio.Future[None]:
+        self._handler.write(comment("keep-alive"))
+        self._last_write = self._loop.time()
+        return self._flush_now()
+
+    def _abort(self, reason: str) -> None:
+        if self._failure is None:
+            self._failure = reason
+        if self._request is not None:
+            self._request.abort(UpstreamAborted(reason))
+
+
+def _guard(producer: BodyProducer) -> BodyProducer:
+    """Marks errors raised by the request body itself, so they are not taken for a bad upstream."""
+
+    async def guarded(write: Callable[[bytes], Awaitable[None]]) -> None:
+        try:
+            await producer(write)
+        except (StreamClosedError, OSError):
+            raise
+        except Exception as exc:
+            raise _PassThrough(exc) from exc
+
+    return guarded
+
+
+def _failure_message(reason: str) -> str:
+    if reason == "idle_timeout":
+        return "The upstream sent nothing for too long; the stream was ended."
+    return "The upstream failed before the response was complete."
+
+
+def _error_before_headers(exc: Exception, failure: str | None) -> RelayError:
+    if failure == "response_timeout" or isinstance(exc, HTTPTimeoutError):
+        return RelayError(504, "gateway_timeout", "The backend did not answer in time.")
+    return RelayError(502, "bad_gateway", "The backend could not be reached or failed to answer.")
+
+
+async def relay(
+    handler: RequestHandler,
+    client: UpstreamClient,
+    limits: RelayLimits,
+    *,
+    url: str,
+    method: str,
+    headers: HTTPHeaders,
+    body: bytes | None = None,
+    body_producer: BodyProducer | None = None,
+    on_start: Callable[[Relay], Any] | None = None,
+) -> RelayResult:
+    """Fetch ``url`` and relay the response to ``handler``'s browser; see the module docstring.
+
+    ``on_start`` receives the `Relay` before the fetch begins, so the caller can `cancel` it.
+    Raises `RelayError` for a failure before the headers (504 for timeouts, else 502), and
+    re-raises what the request's own ``body_producer`` raised (e.g. a 413 mid-upload).
+    """
+    worker = Relay(handler, client, limits)
+    if on_start is not None:
+        on_start(worker)
+    return await worker.run(url, method, headers, body, body_producer)

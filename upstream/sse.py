@@ -1,0 +1,77 @@
+"""Server-Sent Events framing, just enough to relay whole events.
+
+The relay passes SSE bytes through unaltered, but only up to the last complete event in what
+it has read: a read may end halfway through an event, and anything the gateway itself adds
+(a heartbeat comment, a final ``error`` event) must land between events, never inside one.
+"""
+
+from __future__ import annotations
+
+import json
+
+__all__ = ["EventBuffer", "comment", "error_event", "is_event_stream"]
+
+# An event ends at a blank line: two line ends in a row (RFC: CRLF, LF or CR).
+_BOUNDARIES = (b"\n\n", b"\r\n\r\n", b"\r\r")
+MAX_PENDING_EVENT_BYTES = 1024 * 1024
+
+
+def is_event_stream(content_type: str | None) -> bool:
+    return content_type is not None and content_type.split(";", 1)[0].strip().lower() == "text/event-stream"
+
+
+def comment(text: str) -> bytes:
+    return f": {text}\n\n".encode()
+
+
+def error_event(code: str, message: str) -> bytes:
+    data = json.dumps({"error": code, "message": message}, separators=(", ", ": "))
+    return f"event: error\ndata: {data}\n\n".encode()
+
+
+def _end_of_last_event(data: bytes) -> int:
+    end = 0
+    for boundary in _BOUNDARIES:
+        found = data.rfind(boundary)
+        if found >= 0:
+            end = max(end, found + len(boundary))
+    return end
+
+
+class EventBuffer:
+    """Splits an SSE byte stream into "complete events so far" and a held-back partial tail.
+
+    A tail that grows past ``max_pending`` (an upstream that never ends its event) is let
+    through rather than buffered without bound; `at_boundary` is then false until the next
+    event ends.
+    """
+
+    __slots__ = ("_pending", "_max_pending", "at_boundary")
+
+    def __init__(self, max_pending: int = MAX_PENDING_EVENT_BYTES) -> None:
+        self._pending = b""
+        self._max_pending = max_pending
+        self.at_boundary = True
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The bytes that may be sent now: whole events, in order, exactly as received."""
+        data = self._pending + chunk if self._pending else chunk
+        end = _end_of_last_event(data)
+        if end == 0:
+            if len(data) > self._max_pending:
+                self._pending, self.at_boundary = b"", False
+                return data
+            self._pending = data
+            return b""
+        self._pending, self.at_boundary = data[end:], True
+        return data[:end] if end < len(data) else data
+
+    def drain(self) -> bytes:
+        """What is left at the end of a clean stream: sent as is, never dropped."""
+        rest, self._pending = self._pending, b""
+        return rest
+
+    @property
+    def between_events(self) -> bool:
+        """True when nothing of a started event has been sent or is held back."""
+        return self.at_boundary and not self._pending
