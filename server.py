@@ -105,8 +105,14 @@ async def serve(settings: Settings, loop_name: str, fd_limit: int) -> None:
     server.listen(settings.port, settings.host)
     log.info(
         "listening",
-        extra={"host": settings.host, "port": settings.port, "event_loop": loop_name, "fd_limit": fd_limit,
-               "demo": settings.demo, "backend": str(settings.backend)},
+        extra={
+            "host": settings.host,
+            "port": settings.port,
+            "event_loop": loop_name,
+            "fd_limit": fd_limit,
+            "demo": settings.demo,
+            "backend": str(settings.backend),
+        },
     )
     if demo_banner:
         print(demo_banner, flush=True)
@@ -119,7 +125,7 @@ async def serve(settings: Settings, loop_name: str, fd_limit: int) -> None:
     log.info("shutting down")
     server.stop()  # no new connections; requests in flight get a grace period, then are cut
     deadline = loop.time() + SHUTDOWN_GRACE_SECONDS
-    while ctx.upstream.active_fetches and loop.time() < deadline:
+    while ctx.upstream.active_fetches and loop.time() < deadline:  # noqa: ASYNC110 - polling a counter
         await asyncio.sleep(0.1)
     await server.close_all_connections()
     ctx.upstream.close()

@@ -88,9 +88,7 @@ def read_dotenv(path: Path) -> dict[str, str]:
     return values
 
 
-def load_settings(
-    environ: Mapping[str, str] | None = None, dotenv: Path | None = Path(".env")
-) -> Settings:
+def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None = Path(".env")) -> Settings:
     """Build `Settings` from ``environ`` (default ``os.environ``) over the ``.env`` file.
 
     Raises `SettingsError` with a one-line message naming the offending variable.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-__all__ = ["NEXTAUTH_V4_CHUNK_SIZE", "read_chunked", "chunk_value"]
+__all__ = ["NEXTAUTH_V4_CHUNK_SIZE", "chunk_value", "read_chunked"]
 
 NEXTAUTH_V4_CHUNK_SIZE = 3933
 

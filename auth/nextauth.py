@@ -37,9 +37,9 @@ class NextAuthV4Codec:
     """Encrypts and decrypts next-auth v4 session tokens under one secret."""
 
     def __init__(self, secret: str) -> None:
-        key = HKDF(
-            algorithm=hashes.SHA256(), length=32, salt=b"", info=b"NextAuth.js Generated Encryption Key"
-        ).derive(secret.encode("utf-8"))
+        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"", info=b"NextAuth.js Generated Encryption Key").derive(
+            secret.encode("utf-8")
+        )
         self._aead = AESGCM(key)
 
     def decode(self, token: str, now: float | None = None) -> dict[str, Any]:

@@ -62,4 +62,6 @@ class NextAuthSessions:
         if not isinstance(access_token, str) or not access_token:
             raise Unauthenticated("The session holds no access token; sign in again.")
         sub = claims.get("sub")
-        return Session(access_token=access_token, user=sub if isinstance(sub, str) else None, claims=claims, source=source)
+        return Session(
+            access_token=access_token, user=sub if isinstance(sub, str) else None, claims=claims, source=source
+        )

@@ -26,9 +26,7 @@ async def start_demo(settings: Settings) -> tuple[Settings, str]:
     HTTPServer(backend_app).add_sockets(sockets)
     port = sockets[0].getsockname()[1]
     secret = settings.session_secret or secrets.token_urlsafe(32)
-    settings = dataclasses.replace(
-        settings, backend=BackendURL("http", f"127.0.0.1:{port}", ""), session_secret=secret
-    )
+    settings = dataclasses.replace(settings, backend=BackendURL("http", f"127.0.0.1:{port}", ""), session_secret=secret)
     access, refresh = tokens.issue(DEMO_USER["id"])
     cookie = NextAuthV4Codec(secret).encode(
         {

@@ -108,7 +108,12 @@ class Upload(_Handler):
         self.reply(
             {
                 "files": [
-                    {"field": field, "filename": f.filename, "size": len(f.body), "sha256": hashlib.sha256(f.body).hexdigest()}
+                    {
+                        "field": field,
+                        "filename": f.filename,
+                        "size": len(f.body),
+                        "sha256": hashlib.sha256(f.body).hexdigest(),
+                    }
                     for field, items in files.items()
                     for f in items
                 ]
@@ -137,7 +142,9 @@ class Login(_Handler):
             self.reply({"detail": "invalid credentials"}, 401)
             return
         access, refresh = self.tokens.issue(DEMO_USER["id"])
-        self.reply({"access_token": access, "refresh_token": refresh, "expires_in": ACCESS_TOKEN_SECONDS, "user": DEMO_USER})
+        self.reply(
+            {"access_token": access, "refresh_token": refresh, "expires_in": ACCESS_TOKEN_SECONDS, "user": DEMO_USER}
+        )
 
 
 class Refresh(_Handler):

@@ -77,7 +77,10 @@ class ProxyHandler(BaseHandler):
         assert settings.backend is not None
         self._url = upstream_url(settings.backend, path, self.request.query)
         self._upstream_headers = upstream_headers(
-            self.request, self.request_id, token, str(length) if self._body is _Body.STREAMED and length is not None else None
+            self.request,
+            self.request_id,
+            token,
+            str(length) if self._body is _Body.STREAMED and length is not None else None,
         )
         self._received = 0
         self._buffer = bytearray()

@@ -24,8 +24,8 @@ This is the only place that moves bytes from an upstream to a browser. The contr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -109,7 +109,8 @@ class Relay:
             method=method,
             headers=headers,
             body=body,
-            body_producer=_guard(body_producer) if body_producer else None,
+            # Tornado types the producer's write as returning None; it returns a Future to await.
+            body_producer=_guard(body_producer) if body_producer else None,  # type: ignore[arg-type]
             header_callback=self._on_header_line,
             streaming_callback=self._on_chunk,
         )
@@ -158,10 +159,8 @@ class Relay:
             handler.clear_header(default)
         handler.set_status(start.code)  # custom reason phrases are not relayed (HTTP/2 has none)
         for name, value in response_headers_to_relay(self._headers):
-            try:
+            with contextlib.suppress(ValueError):  # a value Tornado refuses to emit is dropped
                 handler.add_header(name, value)
-            except ValueError:
-                pass  # a value Tornado refuses to emit (control characters) is dropped
         if is_event_stream(self._headers.get("Content-Type")):
             self._sse = EventBuffer()
             handler.set_header("Cache-Control", "no-cache, no-transform")
@@ -247,10 +246,10 @@ class Relay:
             self._abort("idle_timeout")
             return
         heartbeat_due = self._last_write + self._limits.heartbeat_interval
-        if self._sse is not None and now >= heartbeat_due and self._sse.between_events:
-            if self._writing is None or self._writing.done():
-                self._writing = self._flush_heartbeat()
-                heartbeat_due = now + self._limits.heartbeat_interval
+        writer_idle = self._writing is None or self._writing.done()
+        if self._sse is not None and now >= heartbeat_due and self._sse.between_events and writer_idle:
+            self._writing = self._flush_heartbeat()
+            heartbeat_due = now + self._limits.heartbeat_interval
         idle_due = self._last_progress + self._limits.idle_timeout
         self._arm(min(idle_due, heartbeat_due) if self._sse is not None else idle_due)
 

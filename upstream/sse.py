@@ -46,7 +46,7 @@ class EventBuffer:
     event ends.
     """
 
-    __slots__ = ("_pending", "_max_pending", "at_boundary")
+    __slots__ = ("_max_pending", "_pending", "at_boundary")
 
     def __init__(self, max_pending: int = MAX_PENDING_EVENT_BYTES) -> None:
         self._pending = b""

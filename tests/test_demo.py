@@ -1,0 +1,130 @@
+"""`make run`'s demo mode, as a newcomer meets it: the README walkthrough, run verbatim.
+
+The walkthrough's commands are taken from README.md and run with bash and curl against a real
+``python server.py`` started with no configuration. The only change made to them is the port
+(8000 may be taken on a test machine). Every ``# ->`` line is checked against the output of
+the command above it; ``...`` in it stands for anything.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def walkthrough() -> list[tuple[str, str]]:
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- walkthrough:start", 1)[1].split("<!-- walkthrough:end", 1)[0]
+    steps: list[tuple[str, str]] = []
+    command = None
+    for line in block.splitlines():
+        if line.startswith("curl "):
+            command = line
+        elif line.startswith("# -> ") and command is not None:
+            steps.append((command, line[len("# -> ") :]))
+            command = None
+    return steps
+
+
+@pytest.fixture(scope="module")
+def demo() -> Iterator[tuple[int, str, subprocess.Popen[str]]]:
+    port = free_port()
+    env = {"PATH": os.environ["PATH"], "PORT": str(port)}
+    proc = subprocess.Popen(
+        [sys.executable, "server.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        for line in proc.stdout or ():
+            lines.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    output, cookie, deadline = [], None, time.monotonic() + 20
+    while cookie is None and time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=0.5)
+        except queue.Empty:
+            continue
+        output.append(line)
+        match = re.match(r"export GATEHOUSE_COOKIE='(.+)'$", line.strip())
+        if match:
+            cookie = match.group(1)
+    assert cookie is not None, "".join(output)
+    yield port, cookie, proc
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=20)
+
+
+def test_demo_prints_a_cookie_and_curl_lines(demo: tuple[int, str, subprocess.Popen[str]]) -> None:
+    _, cookie, _ = demo
+    assert cookie.startswith("next-auth.session-token=")
+    assert len(walkthrough()) >= 8
+
+
+@pytest.mark.parametrize(("command", "expected"), walkthrough())
+def test_readme_walkthrough_works_verbatim(
+    demo: tuple[int, str, subprocess.Popen[str]], command: str, expected: str
+) -> None:
+    port, cookie, _ = demo
+    result = subprocess.run(
+        ["bash", "-c", command.replace("127.0.0.1:8000", f"127.0.0.1:{port}")],
+        cwd=ROOT,
+        env={"PATH": os.environ["PATH"], "GATEHOUSE_COOKIE": cookie},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    position = 0
+    for part in (p.strip() for p in expected.split("...")):
+        if part:
+            found = result.stdout.find(part, position)
+            assert found >= 0, f"{part!r} not in output after position {position}:\n{result.stdout}"
+            position = found + len(part)
+
+
+def test_demo_stops_cleanly_on_sigterm() -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "server.py"],
+        cwd=ROOT,
+        env={"PATH": os.environ["PATH"], "PORT": str(port)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out
+    assert '"event_loop": "uvloop"' in out
+    assert "Traceback" not in out

@@ -1,0 +1,129 @@
+"""Configuration: variables, aliases, .env, and startup errors that name the variable."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from settings import SettingsError, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start_process(env: dict[str, str], cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """Run ``server.py`` as an operator would; these configurations must fail at once."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "server.py")],
+        env={"PATH": os.environ["PATH"], **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"PORT": "eighty"}, "PORT"),
+        ({"PORT": "70000"}, "PORT"),
+        ({"BACKEND_URL": "ftp://files.example", "SESSION_SECRET": "s"}, "BACKEND_URL"),
+        ({"BACKEND_URL": "http://user:pw@api.example", "SESSION_SECRET": "s"}, "BACKEND_URL"),
+        ({"BACKEND_URL": "http://api.example"}, "SESSION_SECRET"),
+        ({"ENV": "production"}, "BACKEND_URL"),
+        ({"NODE_ENV": "production", "SESSION_SECRET": "s"}, "BACKEND_URL"),
+        ({"ENV": "staging"}, "ENV"),
+        ({"UPSTREAM_CONNECT_TIMEOUT": "-1"}, "UPSTREAM_CONNECT_TIMEOUT"),
+        ({"UPSTREAM_RESPONSE_TIMEOUT": "soon"}, "UPSTREAM_RESPONSE_TIMEOUT"),
+        ({"MAX_BODY_BYTES": "1e9"}, "MAX_BODY_BYTES"),
+        ({"LOG_LEVEL": "verbose"}, "LOG_LEVEL"),
+        ({"PUBLIC_PATHS": "auth/../admin"}, "PUBLIC_PATHS"),
+    ],
+)
+def test_invalid_configuration_stops_with_one_line_naming_the_variable(env: dict[str, str], variable: str) -> None:
+    result = start_process(env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("gatehouse: configuration error: ")
+    assert variable in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_secret_values_are_not_echoed_in_startup_errors() -> None:
+    result = start_process({"BACKEND_URL": "http://api.example", "SESSION_SECRET": "s3cr3t-value", "PORT": "x"})
+    assert result.returncode == 2 and "PORT" in result.stderr
+    assert "s3cr3t-value" not in result.stderr
+
+
+def test_defaults() -> None:
+    s = load_settings({}, dotenv=None)
+    assert s.demo and s.backend is None and not s.production
+    assert (s.host, s.port) == ("127.0.0.1", 8000)
+    assert s.public_paths == ("auth/password-reset", "auth/forgot-password")
+    assert s.max_body_bytes == 100 * 1024 * 1024
+    assert s.log_level == "INFO"
+    assert s.session_cookie_name == "next-auth.session-token"
+
+
+def test_variables_and_aliases() -> None:
+    s = load_settings(
+        {
+            "NEXT_PUBLIC_BACKEND_URL": "https://api.example.com/v1/",
+            "NEXTAUTH_SECRET": "from-nextauth",
+            "NODE_ENV": "production",
+            "HOST": "0.0.0.0",
+            "PORT": "9000",
+            "PUBLIC_PATHS": " /status/ , health,",
+            "UPSTREAM_CONNECT_TIMEOUT": "2.5",
+            "UPSTREAM_RESPONSE_TIMEOUT": "30",
+            "MAX_BODY_BYTES": "1024",
+            "LOG_LEVEL": "debug",
+        },
+        dotenv=None,
+    )
+    assert str(s.backend) == "https://api.example.com/v1"
+    assert s.backend is not None and s.backend.base_path == "/v1"
+    assert s.session_secret == "from-nextauth"
+    assert s.production and s.session_cookie_name == "__Secure-next-auth.session-token"
+    assert (s.host, s.port, s.public_paths) == ("0.0.0.0", 9000, ("status", "health"))
+    assert (s.upstream_connect_timeout, s.upstream_response_timeout, s.max_body_bytes) == (2.5, 30.0, 1024)
+    assert s.log_level == "DEBUG" and not s.demo
+
+
+def test_first_name_wins_over_aliases() -> None:
+    s = load_settings(
+        {"SESSION_SECRET": "primary", "NEXTAUTH_SECRET": "alias", "AUTH_SECRET": "other", "BACKEND_URL": "http://a"},
+        dotenv=None,
+    )
+    assert s.session_secret == "primary"
+    s = load_settings({"AUTH_SECRET": "authjs", "BACKEND_URL": "http://a"}, dotenv=None)
+    assert s.session_secret == "authjs"
+
+
+def test_dotenv_is_read_and_the_environment_wins(tmp_path: Path) -> None:
+    dotenv = tmp_path / ".env"
+    dotenv.write_text(
+        "# comment\nexport BACKEND_URL='http://from-dotenv:9000'\nSESSION_SECRET=\"quoted secret\"\nPORT=8100 # note\n"
+    )
+    s = load_settings({"PORT": "8200"}, dotenv=dotenv)
+    assert str(s.backend) == "http://from-dotenv:9000"
+    assert s.session_secret == "quoted secret"
+    assert s.port == 8200
+
+
+def test_malformed_dotenv_line_is_reported(tmp_path: Path) -> None:
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("BACKEND_URL=http://a\nthis is not a setting\n")
+    with pytest.raises(SettingsError, match=r"\.env:2"):
+        load_settings({}, dotenv=dotenv)
+
+
+def test_server_reads_dotenv_from_its_working_directory(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("PORT=not-a-port\n")
+    result = start_process({}, cwd=tmp_path)
+    assert result.returncode == 2 and "PORT" in result.stderr
