@@ -184,10 +184,16 @@ class ProxyHandler(BaseHandler):
 
 
 def _check_json(body: bytes) -> None:
+    """RFC 8259 JSON in UTF-8: no other encoding (``json.loads`` would guess UTF-16/32 from
+    bytes), no BOM, no lone surrogates, no ``NaN``/``Infinity``."""
     try:
-        json.loads(body)
+        json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError):
         raise ApiError(400, "invalid_json", "The request body is not valid JSON.") from None
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _retrieve(task: asyncio.Task[None]) -> None:

@@ -21,6 +21,7 @@ import sys
 from typing import Any
 
 from tornado.httpclient import HTTPRequest, HTTPResponse
+from tornado.httputil import HTTPHeaders
 from tornado.simple_httpclient import SimpleAsyncHTTPClient, _HTTPConnection
 
 __all__ = ["AbortableRequest", "UpstreamAborted", "UpstreamClient"]
@@ -38,11 +39,29 @@ class UpstreamAborted(Exception):
         self.reason = reason
 
 
+class _NoDefaultContentType(HTTPHeaders):
+    """Headers for a request sent without ``Content-Type``.
+
+    Tornado's client adds ``Content-Type: application/x-www-form-urlencoded`` to any POST that
+    has none (``"Content-Type" not in headers`` in ``_HTTPConnection.run``), which would make a
+    backend parse an untyped body as a form. Claiming to contain the name stops that; the
+    header is still never sent, because only real entries are written.
+    """
+
+    def __contains__(self, name: object) -> bool:
+        return (isinstance(name, str) and name.lower() == "content-type") or super().__contains__(name)
+
+
 class AbortableRequest(HTTPRequest):
-    """An `HTTPRequest` that can be aborted while it is queued, connecting, or streaming."""
+    """An `HTTPRequest` that can be aborted while it is queued, connecting, or streaming, and
+    whose headers are sent as given (no default ``Content-Type``)."""
 
     _connection: _HTTPConnection | None = None
     _abort_error: BaseException | None = None
+
+    def __init__(self, url: str, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self._untyped = "Content-Type" not in self.headers
 
     def abort(self, error: BaseException) -> None:
         """Fail the fetch with ``error`` and close its connection. Idempotent; no-op once done."""
@@ -54,6 +73,8 @@ class AbortableRequest(HTTPRequest):
 
     def _attach(self, connection: _HTTPConnection) -> None:
         self._connection = connection
+        if self._untyped:  # ``fetch`` replaced our headers with a plain copy; ``run()`` has not begun
+            self.headers = _NoDefaultContentType(self.headers)
         if self._abort_error is not None:  # aborted before its connection existed
             _fail(connection, self._abort_error)
 

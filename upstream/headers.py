@@ -46,7 +46,8 @@ _REQUEST_DROP = HOP_BY_HOP | frozenset(
         "Content-Length",  # set from the body the gateway actually sends
     )
 )
-_RESPONSE_DROP = HOP_BY_HOP | frozenset(("set-cookie",))
+# X-Request-ID: the gateway's own (which the backend was sent) is the one the browser gets.
+_RESPONSE_DROP = HOP_BY_HOP | frozenset(("set-cookie", "x-request-id"))
 
 
 def _connection_named(headers: HTTPHeaders) -> frozenset[str]:

@@ -18,6 +18,7 @@ __all__ = ["BackendPath", "InvalidPath", "parse_backend_path"]
 _RAW_ALLOWED = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@%/]*")
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_MAX_DECODINGS = 4  # the raw form and up to three decodings
 
 
 class InvalidPath(ValueError):
@@ -61,9 +62,20 @@ def parse_backend_path(raw: str) -> BackendPath:
 
 
 def _check_segment(segment: str) -> str:
-    decoded = urllib.parse.unquote(segment, errors="strict") if "%" in segment else segment
-    # Decoding twice catches "%252e%252e", which a backend that decodes again would see as "..".
-    for form in (decoded, urllib.parse.unquote(decoded) if "%" in decoded else decoded):
-        if form in (".", "..") or "/" in form or "\\" in form or _CONTROL.search(form):
+    """The decoded segment, if no decoding of it (a backend may decode more than once, so
+    ``%252e%252e`` is checked as ``..`` too) is a dot segment or holds a separator or control
+    character. ``..;x`` counts as ``..``: Java servers strip ``;`` path parameters first."""
+    decoded = form = segment
+    for depth in range(_MAX_DECODINGS):
+        if depth:
+            if "%" not in form:
+                break
+            try:
+                form = urllib.parse.unquote(form, errors="strict")
+            except UnicodeDecodeError:
+                raise InvalidPath("The path contains a percent-escape that is not UTF-8.") from None
+            if depth == 1:
+                decoded = form
+        if form.split(";", 1)[0] in (".", "..") or "/" in form or "\\" in form or _CONTROL.search(form):
             raise InvalidPath("The path contains a dot segment, an encoded separator or a control character.")
     return decoded

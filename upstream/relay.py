@@ -158,7 +158,11 @@ class Relay:
         for default in ("Content-Type", "Server", "Date"):
             handler.clear_header(default)
         handler.set_status(start.code)  # custom reason phrases are not relayed (HTTP/2 has none)
+        replaced: set[str] = set()
         for name, value in response_headers_to_relay(self._headers):
+            if name not in replaced:  # the upstream's value replaces a gateway default of that name
+                handler.clear_header(name)
+                replaced.add(name)
             with contextlib.suppress(ValueError):  # a value Tornado refuses to emit is dropped
                 handler.add_header(name, value)
         if is_event_stream(self._headers.get("Content-Type")):
