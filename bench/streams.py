@@ -56,8 +56,8 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-async def wait_listening(port: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_listening(port: int, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
             _, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -120,58 +120,64 @@ async def one_stream(port: int, request: bytes, events: int, stats: Stats) -> No
         stats.error("incomplete")
 
 
-async def run(args: argparse.Namespace) -> dict[str, object]:
-    upstream_port, gateway_port = free_port(), free_port()
-    results_dir = ROOT / "bench" / "results"
-    results_dir.mkdir(parents=True, exist_ok=True)
-    upstream = subprocess.Popen(
-        [sys.executable, str(ROOT / "bench" / "upstream.py"), "--port", str(upstream_port)], stdout=subprocess.DEVNULL
-    )
-    env = {
-        "PATH": os.environ["PATH"],
-        "BACKEND_URL": f"http://127.0.0.1:{upstream_port}",
-        "SESSION_SECRET": SECRET,
-        "ENV": "development",
-        "PORT": str(gateway_port),
-        "LOG_LEVEL": "INFO",
-        "STREAM_IDLE_TIMEOUT": "120",
-    }
-    log_file = open(results_dir / "streams-gatehouse.log", "w")  # noqa: SIM115 - closed below
-    gateway = subprocess.Popen(
-        [sys.executable, str(ROOT / "server.py")], env=env, stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT
-    )
-    try:
-        await wait_listening(upstream_port)
-        await wait_listening(gateway_port)
-        cookie = NextAuthV4Codec(SECRET).encode({"sub": "bench", "access_token": "bench-access-token"})
-        request = (
-            f"GET /api/proxy/sse?events={args.events}&interval={args.interval} HTTP/1.1\r\n"
-            f"Host: 127.0.0.1:{gateway_port}\r\nCookie: next-auth.session-token={cookie}\r\n"
-            "Accept: text/event-stream\r\n\r\n"
-        ).encode()
-        await asyncio.sleep(0.5)
-        baseline = rss_kib(gateway.pid)
-        stats = Stats()
-        peak = baseline
-        tasks: list[asyncio.Task[None]] = []
-        started = time.monotonic()
-        batch = max(1, args.ramp // 10)
-        for i in range(0, args.streams, batch):
-            for _ in range(min(batch, args.streams - i)):
-                tasks.append(asyncio.ensure_future(one_stream(gateway_port, request, args.events, stats)))
-            await asyncio.sleep(0.1)
-            peak = max(peak, rss_kib(gateway.pid))
-        pending = set(tasks)
-        while pending:
-            _, pending = await asyncio.wait(pending, timeout=0.5)
-            peak = max(peak, rss_kib(gateway.pid))
-        elapsed = time.monotonic() - started
-    finally:
-        gateway.send_signal(signal.SIGTERM)
-        upstream.terminate()
-        gateway.wait(timeout=30)
-        upstream.wait(timeout=10)
-        log_file.close()
+class Processes:
+    """The upstream and gatehouse processes of one run; `stop` ends both."""
+
+    def __init__(self) -> None:
+        self.upstream_port, self.gateway_port = free_port(), free_port()
+        results_dir = ROOT / "bench" / "results"
+        results_dir.mkdir(parents=True, exist_ok=True)
+        self.log_file = (results_dir / "streams-gatehouse.log").open("w")
+        self.upstream = subprocess.Popen(
+            [sys.executable, str(ROOT / "bench" / "upstream.py"), "--port", str(self.upstream_port)],
+            stdout=subprocess.DEVNULL,
+        )
+        env = {
+            "PATH": os.environ["PATH"],
+            "BACKEND_URL": f"http://127.0.0.1:{self.upstream_port}",
+            "SESSION_SECRET": SECRET,
+            "PORT": str(self.gateway_port),
+            "LOG_LEVEL": "INFO",  # as in production: one JSON access line per stream
+        }
+        self.gateway = subprocess.Popen(
+            [sys.executable, str(ROOT / "server.py")], env=env, stdout=self.log_file, stderr=subprocess.STDOUT, cwd=ROOT
+        )
+
+    def stop(self) -> None:
+        self.gateway.send_signal(signal.SIGTERM)
+        self.upstream.terminate()
+        self.gateway.wait(timeout=30)
+        self.upstream.wait(timeout=10)
+        self.log_file.close()
+
+
+async def run(args: argparse.Namespace, procs: Processes) -> dict[str, object]:
+    await wait_listening(procs.upstream_port)
+    await wait_listening(procs.gateway_port)
+    port = procs.gateway_port
+    cookie = NextAuthV4Codec(SECRET).encode({"sub": "bench", "access_token": "bench-access-token"})
+    request = (
+        f"GET /api/proxy/sse?events={args.events}&interval={args.interval} HTTP/1.1\r\n"
+        f"Host: 127.0.0.1:{port}\r\nCookie: next-auth.session-token={cookie}\r\n"
+        "Accept: text/event-stream\r\n\r\n"
+    ).encode()
+    await asyncio.sleep(0.5)
+    pid = procs.gateway.pid
+    baseline = peak = rss_kib(pid)
+    stats = Stats()
+    tasks: list[asyncio.Task[None]] = []
+    started = time.monotonic()
+    batch = max(1, args.ramp // 10)
+    for i in range(0, args.streams, batch):
+        for _ in range(min(batch, args.streams - i)):
+            tasks.append(asyncio.ensure_future(one_stream(port, request, args.events, stats)))
+        await asyncio.sleep(0.1)
+        peak = max(peak, rss_kib(pid))
+    pending = set(tasks)
+    while pending:
+        _, pending = await asyncio.wait(pending, timeout=0.5)
+        peak = max(peak, rss_kib(pid))
+    elapsed = time.monotonic() - started
     lat = sorted(stats.latencies)
 
     def pct(p: float) -> float:
@@ -210,12 +216,16 @@ def main() -> int:
         args.streams, args.events = 9500, 30
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    procs = Processes()
     try:
-        import uvloop
+        try:
+            import uvloop
 
-        result = uvloop.run(run(args))
-    except ImportError:
-        result = asyncio.run(run(args))
+            result = uvloop.run(run(args, procs))
+        except ImportError:
+            result = asyncio.run(run(args, procs))
+    finally:
+        procs.stop()
     print(json.dumps(result, indent=2))
     out = ROOT / "bench" / "results" / f"streams-{args.streams}.json"
     out.write_text(json.dumps(result, indent=2))

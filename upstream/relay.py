@@ -109,8 +109,7 @@ class Relay:
             method=method,
             headers=headers,
             body=body,
-            # Tornado types the producer's write as returning None; it returns a Future to await.
-            body_producer=_guard(body_producer) if body_producer else None,  # type: ignore[arg-type]
+            body_producer=_guard(body_producer) if body_producer else None,
             header_callback=self._on_header_line,
             streaming_callback=self._on_chunk,
         )
