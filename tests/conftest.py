@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import resource
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,10 @@ from handlers.context import Context
 from server import configure_logging, make_app, make_server
 from settings import Settings, _parse_backend_url
 from tests.fakes.backend import FakeBackend
+
+# Like server.main(): each proxied stream holds two sockets, and tests hold thousands.
+_, _HARD_FD_LIMIT = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (_HARD_FD_LIMIT, _HARD_FD_LIMIT))
 
 INTEROP = json.loads((Path(__file__).parent / "fixtures" / "interop" / "fixtures.json").read_text())
 SECRET: str = INTEROP["nextauth_v4"]["secret"]

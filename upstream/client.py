@@ -11,8 +11,10 @@ place that reaches into ``tornado.simple_httpclient`` internals to do it: the cl
 ``_connection_class()`` hook returns a connection subclass that registers itself on the
 `AbortableRequest`, and `AbortableRequest.abort` fails the fetch through the connection's own
 ``_handle_exception`` path, which answers the caller, releases the ``max_clients`` slot and
-closes the socket. ``tests/test_tornado_internals.py`` fails loudly if an upgrade moves any of
-this.
+closes the socket. The same subclass makes an upstream reset fail the fetch at once (Tornado
+6.6.1 leaves it hanging, or takes a reset close-delimited body for a whole one), and keeps
+Tornado from adding a ``Content-Type`` the browser never sent. ``tests/test_tornado_internals.py``
+fails loudly if an upgrade moves any of this.
 """
 
 from __future__ import annotations
@@ -95,6 +97,24 @@ class _AbortableConnection(_HTTPConnection):
         original = getattr(request, "request", request)
         if isinstance(original, AbortableRequest):
             original._attach(self)
+
+    def on_connection_close(self) -> None:
+        # Tornado raises the stream's error (a reset) from inside the close callback, where it
+        # is only logged, and the fetch is never answered. Fail the fetch with it instead.
+        error = self.stream.error
+        if self.final_callback is not None and error is not None:
+            self._handle_exception(type(error), error, None)
+        else:
+            super().on_connection_close()
+
+    def finish(self) -> None:
+        # A body delimited by the connection closing "ends" at any close, a reset included
+        # (``_read_body_until_close``). A reset is no end: fail the fetch, do not complete it.
+        error = self.stream.error
+        if error is not None and self.final_callback is not None:
+            self._handle_exception(type(error), error, None)
+        else:
+            super().finish()
 
 
 class _AbortableClient(SimpleAsyncHTTPClient):

@@ -218,7 +218,9 @@ class Relay:
         if self._failure == "client_closed" or not self._headers_sent:
             return
         if self._sse is not None:
-            prefix = b"" if self._sse.between_events else b"\n\n"
+            # A held-back partial event is dropped, never delivered; only a partial event the
+            # client already has (one past the 1 MiB hold-back) needs ending first.
+            prefix = b"" if self._sse.at_boundary else b"\n\n"
             await self._send(prefix + error_event("upstream_failed", _failure_message(self._failure)))
         # Never complete a body that is not whole: close instead of writing the last chunk.
         self._handler.request.connection.close()  # type: ignore[union-attr]
@@ -250,7 +252,7 @@ class Relay:
             return
         heartbeat_due = self._last_write + self._limits.heartbeat_interval
         writer_idle = self._writing is None or self._writing.done()
-        if self._sse is not None and now >= heartbeat_due and self._sse.between_events and writer_idle:
+        if self._sse is not None and now >= heartbeat_due and self._sse.at_boundary and writer_idle:
             self._writing = self._flush_heartbeat()
             heartbeat_due = now + self._limits.heartbeat_interval
         idle_due = self._last_progress + self._limits.idle_timeout

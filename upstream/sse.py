@@ -41,9 +41,10 @@ def _end_of_last_event(data: bytes) -> int:
 class EventBuffer:
     """Splits an SSE byte stream into "complete events so far" and a held-back partial tail.
 
-    A tail that grows past ``max_pending`` (an upstream that never ends its event) is let
-    through rather than buffered without bound; `at_boundary` is then false until the next
-    event ends.
+    `at_boundary` says whether everything handed out so far ended at an event boundary, so
+    the client is between events (a held-back tail has not been seen by it). A tail that grows
+    past ``max_pending`` (an upstream that never ends its event) is let through rather than
+    buffered without bound; `at_boundary` is then false until the next event ends.
     """
 
     __slots__ = ("_max_pending", "_pending", "at_boundary")
@@ -70,8 +71,3 @@ class EventBuffer:
         """What is left at the end of a clean stream: sent as is, never dropped."""
         rest, self._pending = self._pending, b""
         return rest
-
-    @property
-    def between_events(self) -> bool:
-        """True when nothing of a started event has been sent or is held back."""
-        return self.at_boundary and not self._pending
