@@ -441,10 +441,13 @@ async def test_heartbeats_fill_the_silence_between_events(
     client = await open_stream(gateway, cookie)
     await asyncio.wait_for(client.read_to_end(), 5)
 
-    during_silence = [data for at, data in client.pieces if at < sent["event"]]
-    assert len(during_silence) >= 3, client.pieces
-    assert all(data == KEEP_ALIVE for data in during_silence)
-    assert client.body == KEEP_ALIVE * len(during_silence) + event
+    # Counted in bytes, not reads: on a loaded machine two heartbeats may arrive in one read,
+    # and one more may go out between the upstream sending the event and its relay.
+    during_silence = b"".join(data for at, data in client.pieces if at < sent["event"])
+    assert during_silence.count(KEEP_ALIVE) >= 2, client.pieces  # about 4 expected in 1 s at 0.2 s
+    assert client.body.endswith(event)
+    before_event = client.body[: -len(event)]
+    assert before_event == KEEP_ALIVE * before_event.count(KEEP_ALIVE)
     assert client.ended_cleanly
 
 
