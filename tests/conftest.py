@@ -6,6 +6,7 @@ Tests are coroutines run by pytest-tornado (``@pytest.mark.gen_test``) on a fres
 * ``gateway``: gatehouse in front of ``backend`` with test settings; ``start_gateway`` makes
   one with other settings or another upstream.
 * ``session_cookie(**claims)``: a next-auth v4 ``Cookie`` header for the test secret.
+* ``upstreams``: ``await upstreams(script)`` starts a scripted `RawUpstream` (tests/fakes/raw.py).
 * ``fetch``: an HTTP client that never raises on status and never times a stream out.
 * ``logs``: every log line gatehouse writes during the test, as formatted JSON text.
 """
@@ -16,7 +17,7 @@ import dataclasses
 import json
 import logging
 import resource
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,8 @@ from handlers.context import Context
 from server import configure_logging, make_app, make_server
 from settings import Settings, _parse_backend_url
 from tests.fakes.backend import FakeBackend
+from tests.fakes.raw import RawUpstream, Script
+from tests.fakes.sse_scripts import finish_leftover_tasks
 
 # Like server.main(): each proxied stream holds two sockets, and tests hold thousands.
 _, _HARD_FD_LIMIT = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -78,6 +81,23 @@ def start_gateway(io_loop: Any) -> Iterator[Callable[..., RunningGateway]]:
     yield start
     for running in started:
         running.close()
+
+
+@pytest.fixture
+def upstreams(io_loop: Any) -> Iterator[Callable[[Script], Awaitable[RawUpstream]]]:
+    """``await upstreams(script)``: a started `RawUpstream`, closed after the test, and any task
+    the test left on its loop finished (see `finish_leftover_tasks`)."""
+    started: list[RawUpstream] = []
+
+    async def start(script: Script) -> RawUpstream:
+        upstream = await RawUpstream(script).start()
+        started.append(upstream)
+        return upstream
+
+    yield start
+    for upstream in started:
+        io_loop.run_sync(upstream.close)
+    finish_leftover_tasks(io_loop)
 
 
 @pytest.fixture

@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 
 from tests.conftest import RunningGateway
-from tests.fakes.raw import RawUpstream
+from tests.fakes.raw import RawUpstream, Script
 
 MIB = 1024 * 1024
+Upstreams = Callable[[Script], Awaitable[RawUpstream]]
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -77,10 +78,10 @@ def flood(size: int, written: list[int]) -> Callable[[asyncio.StreamReader, asyn
 
 @pytest.mark.gen_test(timeout=60)
 async def test_a_10kb_per_second_reader_of_a_200mb_body_keeps_rss_growth_under_16mib(
-    start_gateway: Callable[..., RunningGateway], session_cookie: Callable[..., str]
+    start_gateway: Callable[..., RunningGateway], session_cookie: Callable[..., str], upstreams: Upstreams
 ) -> None:
     written = [0]
-    upstream = await RawUpstream(flood(200 * MIB, written)).start()
+    upstream = await upstreams(flood(200 * MIB, written))
     gateway = start_gateway(upstream.url)
     reader, writer = await open_client(gateway, rcvbuf=16 * 1024)
     meter = PeakRSS()
@@ -100,7 +101,7 @@ async def test_a_10kb_per_second_reader_of_a_200mb_body_keeps_rss_growth_under_1
 
 @pytest.mark.gen_test(timeout=120)
 async def test_a_1gib_upload_streams_through_with_rss_growth_under_32mib(
-    start_gateway: Callable[..., RunningGateway], session_cookie: Callable[..., str]
+    start_gateway: Callable[..., RunningGateway], session_cookie: Callable[..., str], upstreams: Upstreams
 ) -> None:
     size = 1024 * MIB
     upstream: RawUpstream
@@ -113,7 +114,7 @@ async def test_a_1gib_upload_streams_through_with_rss_growth_under_32mib(
         await writer.drain()
         writer.close()
 
-    upstream = await RawUpstream(answer_when_all_arrived).start()
+    upstream = await upstreams(answer_when_all_arrived)
     gateway = start_gateway(upstream.url, max_body_bytes=2 * size)
     reader, writer = await open_client(gateway)
     meter = PeakRSS()

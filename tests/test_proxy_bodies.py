@@ -13,7 +13,7 @@ import json
 import socket
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -22,7 +22,7 @@ from tornado.httputil import HTTPHeaders
 
 from tests.conftest import RunningGateway
 from tests.fakes.backend import FakeBackend, payload
-from tests.fakes.raw import RawUpstream
+from tests.fakes.raw import RawUpstream, Script
 
 MB20 = 20 * 1024 * 1024
 Write = Callable[[bytes], Awaitable[None]]
@@ -606,11 +606,8 @@ async def _never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
 
 
 @pytest.fixture
-def silent_upstream(io_loop: Any) -> Iterator[RawUpstream]:
-    server = RawUpstream(_never_answer)
-    io_loop.run_sync(server.start)
-    yield server
-    io_loop.run_sync(server.close)
+def silent_upstream(io_loop: Any, upstreams: Callable[[Script], Awaitable[RawUpstream]]) -> RawUpstream:
+    return io_loop.run_sync(lambda: upstreams(_never_answer))  # type: ignore[no-any-return]
 
 
 @pytest.mark.parametrize("method,body", [("GET", None), ("POST", b'{"a": 1}'), ("PUT", b"x" * 50_000)])

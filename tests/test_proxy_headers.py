@@ -11,7 +11,7 @@ import gzip
 import json
 import re
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -20,7 +20,7 @@ from tornado.httputil import HTTPHeaders
 
 from tests.conftest import ACCESS_TOKEN, REFRESH_TOKEN, RunningGateway
 from tests.fakes.backend import FakeBackend
-from tests.fakes.raw import RawUpstream
+from tests.fakes.raw import RawUpstream, Script
 
 FRESH_ID = re.compile(r"[0-9a-f]{32}")
 
@@ -302,11 +302,8 @@ async def _answer_with_hop_headers(reader: asyncio.StreamReader, writer: asyncio
 
 
 @pytest.fixture
-def hop_upstream(io_loop: Any) -> Iterator[RawUpstream]:
-    server = RawUpstream(_answer_with_hop_headers)
-    io_loop.run_sync(server.start)
-    yield server
-    io_loop.run_sync(server.close)
+def hop_upstream(io_loop: Any, upstreams: Callable[[Script], Awaitable[RawUpstream]]) -> RawUpstream:
+    return io_loop.run_sync(lambda: upstreams(_answer_with_hop_headers))  # type: ignore[no-any-return]
 
 
 @pytest.mark.gen_test

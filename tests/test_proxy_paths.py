@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import json
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -20,7 +20,7 @@ from tornado.httputil import HTTPHeaders
 
 from tests.conftest import ACCESS_TOKEN, RunningGateway
 from tests.fakes.backend import FakeBackend
-from tests.fakes.raw import RawUpstream
+from tests.fakes.raw import RawUpstream, Script
 
 # -- raw HTTP/1.1 over a socket ------------------------------------------------------------
 
@@ -119,12 +119,9 @@ async def _answer_evil(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
 
 
 @pytest.fixture
-def evil(io_loop: Any) -> Iterator[RawUpstream]:
+def evil(io_loop: Any, upstreams: Callable[[Script], Awaitable[RawUpstream]]) -> RawUpstream:
     """A second server that must never be contacted."""
-    server = RawUpstream(_answer_evil)
-    io_loop.run_sync(server.start)
-    yield server
-    io_loop.run_sync(server.close)
+    return io_loop.run_sync(lambda: upstreams(_answer_evil))  # type: ignore[no-any-return]
 
 
 @pytest.fixture

@@ -12,19 +12,18 @@ import hashlib
 import json
 import os
 import socket
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from tests.conftest import RunningGateway
 from tests.fakes.backend import FakeBackend, payload
-from tests.fakes.raw import RawUpstream, reset
-from tests.fakes.sse_scripts import RawClient, chunk, finish_leftover_tasks, octet_head, sse_head
+from tests.fakes.raw import reset
+from tests.fakes.sse_scripts import RawClient, chunk, octet_head, sse_head
 
 Reader = asyncio.StreamReader
 Writer = asyncio.StreamWriter
-Script = Callable[[Reader, Writer], Awaitable[None]]
 StartGateway = Callable[..., RunningGateway]
 
 KEEP_ALIVE = b": keep-alive\n\n"
@@ -37,22 +36,6 @@ MIB = 1 << 20
 @pytest.fixture
 def cookie(session_cookie: Callable[..., str]) -> str:
     return session_cookie()
-
-
-@pytest.fixture
-def upstreams(io_loop: Any) -> Iterator[Callable[[Script], Awaitable[RawUpstream]]]:
-    """``await upstreams(script)``: a started `RawUpstream`, closed after the test."""
-    started: list[RawUpstream] = []
-
-    async def start(script: Script) -> RawUpstream:
-        upstream = await RawUpstream(script).start()
-        started.append(upstream)
-        return upstream
-
-    yield start
-    for upstream in started:
-        io_loop.run_sync(upstream.close)
-    finish_leftover_tasks(io_loop)
 
 
 def port_of(gateway: RunningGateway) -> int:
@@ -422,17 +405,17 @@ async def test_idle_timeout_cuts_a_non_sse_body_short(start_gateway: StartGatewa
 # -- 7. heartbeats -----------------------------------------------------------------------------------
 
 
-@pytest.mark.gen_test(timeout=10)
-async def test_heartbeats_fill_the_silence_between_events(
-    start_gateway: StartGateway, upstreams: Any, cookie: str
-) -> None:
-    event = b'event: message\ndata: {"answer": "late"}\n\n'
+async def stream_with_a_silence(
+    start_gateway: StartGateway, upstreams: Any, cookie: str, head: bytes, rest: bytes
+) -> tuple[RawClient, dict[str, float]]:
+    """An SSE stream whose upstream sends ``head``, is silent for 1 s, then sends ``rest`` and
+    ends, relayed with a 0.2 s heartbeat interval. ``sent["rest"]``: when ``rest`` was sent."""
     sent: dict[str, float] = {}
 
     async def script(reader: Reader, writer: Writer) -> None:
-        await send(writer, sse_head(chunked=True))
+        await send(writer, head)
         await asyncio.sleep(1.0)
-        sent["event"] = await send(writer, chunk(event))
+        sent["rest"] = await send(writer, rest)
         await asyncio.sleep(0.1)
         await send(writer, b"0\r\n\r\n")
 
@@ -440,10 +423,19 @@ async def test_heartbeats_fill_the_silence_between_events(
     gateway = start_gateway(upstream.url, sse_heartbeat_interval=0.2)
     client = await open_stream(gateway, cookie)
     await asyncio.wait_for(client.read_to_end(), 5)
+    return client, sent
+
+
+@pytest.mark.gen_test(timeout=10)
+async def test_heartbeats_fill_the_silence_between_events(
+    start_gateway: StartGateway, upstreams: Any, cookie: str
+) -> None:
+    event = b'event: message\ndata: {"answer": "late"}\n\n'
+    client, sent = await stream_with_a_silence(start_gateway, upstreams, cookie, sse_head(chunked=True), chunk(event))
 
     # Counted in bytes, not reads: on a loaded machine two heartbeats may arrive in one read,
     # and one more may go out between the upstream sending the event and its relay.
-    during_silence = b"".join(data for at, data in client.pieces if at < sent["event"])
+    during_silence = b"".join(data for at, data in client.pieces if at < sent["rest"])
     assert during_silence.count(KEEP_ALIVE) >= 2, client.pieces  # about 4 expected in 1 s at 0.2 s
     assert client.body.endswith(event)
     before_event = client.body[: -len(event)]
@@ -460,19 +452,9 @@ async def test_heartbeats_never_land_inside_a_partial_event(
     # as it comes (upstream/sse.py), so the browser really is inside an event meanwhile.
     filler = b"x" * (3 * MIB // 2 if size == "over_1MiB" else 3)
     first, second = b'event: message\ndata: {"answer": "' + filler, b'"}\n\n'
-    sent: dict[str, float] = {}
-
-    async def script(reader: Reader, writer: Writer) -> None:
-        await send(writer, sse_head(chunked=True) + chunk(first))
-        await asyncio.sleep(1.0)
-        sent["rest"] = await send(writer, chunk(second))
-        await asyncio.sleep(0.1)
-        await send(writer, b"0\r\n\r\n")
-
-    upstream = await upstreams(script)
-    gateway = start_gateway(upstream.url, sse_heartbeat_interval=0.2)
-    client = await open_stream(gateway, cookie)
-    await asyncio.wait_for(client.read_to_end(), 5)
+    client, sent = await stream_with_a_silence(
+        start_gateway, upstreams, cookie, sse_head(chunked=True) + chunk(first), chunk(second)
+    )
 
     assert first + second in client.body  # intact and contiguous
     assert client.body.replace(KEEP_ALIVE, b"") == first + second

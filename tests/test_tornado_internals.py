@@ -25,8 +25,7 @@ from tornado.httpclient import AsyncHTTPClient, _RequestProxy
 from tornado.iostream import IOStream
 from tornado.simple_httpclient import SimpleAsyncHTTPClient, _HTTPConnection
 
-from tests.fakes.raw import RawUpstream
-from tests.fakes.sse_scripts import finish_leftover_tasks
+from tests.fakes.raw import RawUpstream, Script
 from upstream import client as upstream_client
 from upstream.client import AbortableRequest, UpstreamAborted, UpstreamClient
 
@@ -84,24 +83,17 @@ async def test_the_abortable_client_builds_the_abortable_connection() -> None:
 
 
 @pytest.fixture
-def silent_upstream(io_loop: Any) -> Iterator[Callable[[], Awaitable[RawUpstream]]]:
+def silent_upstream(
+    upstreams: Callable[[Script], Awaitable[RawUpstream]],
+) -> Callable[[], Awaitable[RawUpstream]]:
     """An upstream that sends a response head, then nothing."""
-    started: list[RawUpstream] = []
 
     async def script(reader: Reader, writer: Writer) -> None:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n")
         await writer.drain()
         await asyncio.sleep(30)
 
-    async def start() -> RawUpstream:
-        upstream = await RawUpstream(script).start()
-        started.append(upstream)
-        return upstream
-
-    yield start
-    for upstream in started:
-        io_loop.run_sync(upstream.close)
-    finish_leftover_tasks(io_loop)
+    return lambda: upstreams(script)
 
 
 def now() -> float:
