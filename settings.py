@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
+from auth.csrf import origin_of
+
 __all__ = ["Settings", "SettingsError", "load_settings", "read_dotenv"]
 
 MIB = 1024 * 1024
@@ -54,6 +56,8 @@ class Settings:
     sse_heartbeat_interval: float = 15.0
     max_body_bytes: int = 100 * MIB
     log_level: str = "INFO"
+    allowed_origins: frozenset[str] = frozenset()
+    csrf_header_required: bool = False
     demo: bool = False  # no BACKEND_URL: `make run` starts in-process demo upstreams
 
     @property
@@ -126,6 +130,8 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None 
         ),
         max_body_bytes=reader.get(("MAX_BODY_BYTES",), _int_in(0, 2**53), defaults.max_body_bytes),
         log_level=reader.choice(("LOG_LEVEL",), ("DEBUG", "INFO", "WARNING", "ERROR"), defaults.log_level, upper=True),
+        allowed_origins=reader.get(("ALLOWED_ORIGINS",), _origins, defaults.allowed_origins),
+        csrf_header_required=reader.get(("CSRF_HEADER_REQUIRED",), _boolean, defaults.csrf_header_required),
         demo=backend is None,
     )
 
@@ -179,6 +185,23 @@ def _int_in(low: int, high: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def _boolean(raw: str) -> bool:
+    value = raw.lower()
+    if value not in ("true", "false", "1", "0", "yes", "no"):
+        raise ValueError("must be true or false")
+    return value in ("true", "1", "yes")
+
+
+def _origins(raw: str) -> frozenset[str]:
+    origins = set()
+    for item in (o.strip() for o in raw.split(",") if o.strip()):
+        origin = origin_of(item)
+        if origin is None or item.rstrip("/").lower() != origin:
+            raise ValueError(f"{item!r} is not an origin like https://app.example.com")
+        origins.add(origin)
+    return frozenset(origins)
 
 
 def _path_prefixes(raw: str) -> tuple[str, ...]:

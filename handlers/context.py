@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from auth.csrf import CsrfPolicy
 from auth.session import NextAuthSessions
 from settings import Settings
 from upstream.client import UpstreamClient
@@ -18,6 +19,7 @@ class Context:
     sessions: NextAuthSessions
     upstream: UpstreamClient
     relay_limits: RelayLimits
+    csrf: CsrfPolicy
 
     @classmethod
     def build(cls, settings: Settings) -> Context:
@@ -31,5 +33,10 @@ class Context:
                 response_timeout=settings.upstream_response_timeout,
                 idle_timeout=settings.stream_idle_timeout,
                 heartbeat_interval=settings.sse_heartbeat_interval,
+            ),
+            csrf=CsrfPolicy(
+                allowed_origins=settings.allowed_origins,
+                header_required=settings.csrf_header_required,
+                https=settings.production,
             ),
         )

@@ -1,7 +1,8 @@
 """``/api/proxy/<path>``: the authenticated catch-all to the private backend.
 
-Top to bottom: validate the raw path -> authenticate (unless the path is public) -> plan the
-body -> build the upstream request -> relay. Bodies take one of three paths:
+Top to bottom: validate the raw path -> authenticate (unless the path is public; a cookie
+session on an unsafe method must also pass the CSRF rule, ``auth/csrf.py``) -> plan the body
+-> build the upstream request -> relay. Bodies take one of three paths:
 
 * none: GET/DELETE without a body (POST/PUT/PATCH without one send an empty body);
 * buffered: JSON bodies, so a malformed one gets 400 ``invalid_json`` before the backend
@@ -72,6 +73,10 @@ class ProxyHandler(BaseHandler):
             except Unauthenticated as exc:
                 raise ApiError(401, "unauthorized", str(exc)) from None
             token, self.user = session.access_token, session.user
+            if session.source == "cookie":  # an ambient credential: prove the request is ours
+                reason = self.ctx.csrf.violation(self.request.method or "", self.request.headers, self.request.host)
+                if reason is not None:
+                    raise ApiError(403, "csrf_rejected", reason)
 
         self._body, length = self._plan_body()
         assert settings.backend is not None

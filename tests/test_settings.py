@@ -42,6 +42,9 @@ def start_process(env: dict[str, str], cwd: Path = ROOT) -> subprocess.Completed
         ({"MAX_BODY_BYTES": "1e9"}, "MAX_BODY_BYTES"),
         ({"LOG_LEVEL": "verbose"}, "LOG_LEVEL"),
         ({"PUBLIC_PATHS": "auth/../admin"}, "PUBLIC_PATHS"),
+        ({"ALLOWED_ORIGINS": "app.example.com"}, "ALLOWED_ORIGINS"),
+        ({"ALLOWED_ORIGINS": "https://app.example.com/path"}, "ALLOWED_ORIGINS"),
+        ({"CSRF_HEADER_REQUIRED": "sometimes"}, "CSRF_HEADER_REQUIRED"),
     ],
 )
 def test_invalid_configuration_stops_with_one_line_naming_the_variable(env: dict[str, str], variable: str) -> None:
@@ -83,6 +86,8 @@ def test_variables_and_aliases() -> None:
             "UPSTREAM_RESPONSE_TIMEOUT": "30",
             "MAX_BODY_BYTES": "1024",
             "LOG_LEVEL": "debug",
+            "ALLOWED_ORIGINS": "https://App.Example.com, http://localhost:3000/",
+            "CSRF_HEADER_REQUIRED": "true",
         },
         dotenv=None,
     )
@@ -93,6 +98,8 @@ def test_variables_and_aliases() -> None:
     assert (s.host, s.port, s.public_paths) == ("0.0.0.0", 9000, ("status", "health"))
     assert (s.upstream_connect_timeout, s.upstream_response_timeout, s.max_body_bytes) == (2.5, 30.0, 1024)
     assert s.log_level == "DEBUG" and not s.demo
+    assert s.allowed_origins == {"https://app.example.com", "http://localhost:3000"}
+    assert s.csrf_header_required
 
 
 def test_first_name_wins_over_aliases() -> None:

@@ -1,0 +1,73 @@
+"""The cross-site request rule for cookie-authenticated unsafe requests.
+
+A browser attaches cookies to cross-site requests, so a request authenticated by a cookie must
+also prove it came from the app's own pages. Browsers say where a request comes from in
+standard headers, checked in this order:
+
+* ``Sec-Fetch-Site``: anything but ``same-origin`` or ``none`` (typed URL, bookmark) is refused;
+* else ``Origin`` (``null`` included, as sandboxed frames and some redirects send it), else
+  ``Referer``: its origin must be the request's own or one of ``ALLOWED_ORIGINS``.
+
+A request with none of these headers is not from a browser (curl, a server) and passes: the
+threat is a victim's browser, which always sends at least one of them on unsafe requests.
+With ``CSRF_HEADER_REQUIRED`` a custom ``X-CSRF: 1`` header is required as well (Duende BFF's
+rule): a cross-site page cannot set it without a CORS preflight, which gatehouse never grants.
+Requests authenticated by an ``Authorization`` header are not ambient and are not checked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import urllib.parse
+
+from tornado.httputil import HTTPHeaders
+
+__all__ = ["SAFE_METHODS", "CsrfPolicy", "origin_of"]
+
+SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
+_TRUSTED_FETCH_SITES = frozenset(("same-origin", "none"))
+
+
+def origin_of(url: str) -> str | None:
+    """``scheme://host[:port]`` of ``url``, lower-cased, default ports dropped; None if it has none."""
+    try:
+        parts = urllib.parse.urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    default = {"http": 80, "https": 443}[parts.scheme]
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{parts.scheme}://{host}" + (f":{port}" if port not in (None, default) else "")
+
+
+@dataclasses.dataclass(frozen=True)
+class CsrfPolicy:
+    allowed_origins: frozenset[str]
+    header_required: bool
+    https: bool  # the public scheme of gatehouse's own origin (production is always https)
+
+    def own_origin(self, host: str) -> str | None:
+        return origin_of(f"{'https' if self.https else 'http'}://{host}")
+
+    def violation(self, method: str, headers: HTTPHeaders, host: str) -> str | None:
+        """Why a cookie-authenticated request must be refused, or None when it may pass."""
+        if method in SAFE_METHODS:
+            return None
+        if self.header_required and headers.get("X-CSRF") != "1":
+            return "This request needs the header X-CSRF: 1."
+        fetch_site = headers.get("Sec-Fetch-Site")
+        if fetch_site is not None:
+            if fetch_site.strip().lower() in _TRUSTED_FETCH_SITES:
+                return None
+            return "Cross-site requests may not use the session."
+        claimed = headers.get("Origin")
+        if claimed is None:
+            claimed = headers.get("Referer")
+            if claimed is None:
+                return None  # not from a browser
+        origin = origin_of(claimed)
+        if origin is not None and (origin in self.allowed_origins or origin == self.own_origin(host)):
+            return None
+        return "Requests from other sites may not use the session."
