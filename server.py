@@ -59,7 +59,19 @@ def make_server(app: Application, settings: Settings) -> HTTPServer:
     )
 
 
+class _WithholdRequestDetails(logging.Filter):
+    """Tornado logs a malformed request with the offending line, such as a whole ``Cookie``
+    header (``Malformed HTTP message from ...: Invalid header value '...'``). Keep the event,
+    drop the details: they can hold a session cookie."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg.startswith("Malformed HTTP message") if isinstance(record.msg, str) else False:
+            record.msg, record.args = "Malformed HTTP message from a client (details withheld)", ()
+        return True
+
+
 def configure_logging(level: str) -> None:
+    logging.getLogger("tornado.general").addFilter(_WithholdRequestDetails())
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(
         JsonFormatter(

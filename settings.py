@@ -55,10 +55,20 @@ class Settings:
     stream_idle_timeout: float = 300.0
     sse_heartbeat_interval: float = 15.0
     max_body_bytes: int = 100 * MIB
+    max_json_bytes: int = 1 * MIB  # JSON is parsed on the event loop: keep it small
     log_level: str = "INFO"
+    auth_refresh_path: str = "/auth/refresh"
+    refresh_leeway: float = 60.0
+    refresh_grace: float = 30.0
+    session_max_age: int = 30 * 24 * 60 * 60
     allowed_origins: frozenset[str] = frozenset()
     csrf_header_required: bool = False
     demo: bool = False  # no BACKEND_URL: `make run` starts in-process demo upstreams
+
+    def backend_endpoint(self, path: str) -> str:
+        """The URL of one of the backend's own endpoints (``path`` from the settings)."""
+        assert self.backend is not None
+        return f"{self.backend}{path}"
 
     @property
     def session_cookie_name(self) -> str:
@@ -128,8 +138,13 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None 
         sse_heartbeat_interval=reader.get(
             ("SSE_HEARTBEAT_INTERVAL",), _positive_float, defaults.sse_heartbeat_interval
         ),
-        max_body_bytes=reader.get(("MAX_BODY_BYTES",), _int_in(0, 2**53), defaults.max_body_bytes),
+        max_body_bytes=(max_body := reader.get(("MAX_BODY_BYTES",), _int_in(0, 2**53), defaults.max_body_bytes)),
+        max_json_bytes=min(max_body, reader.get(("MAX_JSON_BYTES",), _int_in(0, 2**53), defaults.max_json_bytes)),
         log_level=reader.choice(("LOG_LEVEL",), ("DEBUG", "INFO", "WARNING", "ERROR"), defaults.log_level, upper=True),
+        auth_refresh_path=reader.get(("AUTH_REFRESH_PATH",), _backend_path, defaults.auth_refresh_path),
+        refresh_leeway=reader.get(("REFRESH_LEEWAY",), _non_negative_float, defaults.refresh_leeway),
+        refresh_grace=reader.get(("REFRESH_GRACE",), _non_negative_float, defaults.refresh_grace),
+        session_max_age=reader.get(("SESSION_MAX_AGE",), _int_in(60, 400 * 24 * 60 * 60), defaults.session_max_age),
         allowed_origins=reader.get(("ALLOWED_ORIGINS",), _origins, defaults.allowed_origins),
         csrf_header_required=reader.get(("CSRF_HEADER_REQUIRED",), _boolean, defaults.csrf_header_required),
         demo=backend is None,
@@ -185,6 +200,19 @@ def _int_in(low: int, high: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if not 0 <= value < float("inf"):
+        raise ValueError("must be zero or a positive number of seconds")
+    return value
+
+
+def _backend_path(raw: str) -> str:
+    if not raw.startswith("/") or raw.startswith("//") or any(c in raw for c in "?#\\ "):
+        raise ValueError("must be a path such as /auth/refresh")
+    return raw
 
 
 def _boolean(raw: str) -> bool:

@@ -28,7 +28,7 @@ def b64url_decode(segment: str) -> bytes:
 def json_segment(data: bytes) -> dict[str, Any]:
     try:
         value = json.loads(data)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise InvalidToken("segment is not JSON") from None
     if not isinstance(value, dict):
         raise InvalidToken("segment is not a JSON object")

@@ -8,15 +8,17 @@ A request is authenticated, as next-auth's ``getToken`` does it, by the session 
 from __future__ import annotations
 
 import dataclasses
+import time
 import urllib.parse
 from collections.abc import Mapping
 from typing import Any, Literal
 
 from tornado.httputil import HTTPHeaders, parse_cookie
 
-from auth.cookies import read_chunked
+from auth.cookies import names_present, read_chunked
 from auth.jose import InvalidToken
 from auth.nextauth import NextAuthV4Codec
+from auth.refresh import access_expiry
 
 __all__ = ["NextAuthSessions", "Session", "Unauthenticated", "request_cookies"]
 
@@ -31,6 +33,12 @@ class Session:
     user: str | None  # the session's ``sub``, for logs
     claims: Mapping[str, Any]
     source: Literal["cookie", "bearer"]
+    refresh_token: str | None = None
+    expires_at: float | None = None  # the access token's, epoch seconds; None: unknown
+    cookie_names: tuple[str, ...] = ()  # the cookies it came in, to rewrite or clear
+
+    def expires_within(self, seconds: float) -> bool:
+        return self.expires_at is not None and self.expires_at - seconds <= time.time()
 
 
 def request_cookies(headers: HTTPHeaders) -> dict[str, str]:
@@ -48,7 +56,8 @@ class NextAuthSessions:
     def authenticate(self, headers: HTTPHeaders) -> Session:
         """The request's `Session`, or `Unauthenticated`."""
         source: Literal["cookie", "bearer"] = "cookie"
-        token = read_chunked(request_cookies(headers), self.cookie_name)
+        cookies = request_cookies(headers)
+        token = read_chunked(cookies, self.cookie_name)
         if token is None:
             scheme, _, credentials = headers.get("Authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not credentials.strip():
@@ -62,6 +71,13 @@ class NextAuthSessions:
         if not isinstance(access_token, str) or not access_token:
             raise Unauthenticated("The session holds no access token; sign in again.")
         sub = claims.get("sub")
+        refresh_token = claims.get("refreshToken") or claims.get("refresh_token")
         return Session(
-            access_token=access_token, user=sub if isinstance(sub, str) else None, claims=claims, source=source
+            access_token=access_token,
+            user=sub if isinstance(sub, str) else None,
+            claims=claims,
+            source=source,
+            refresh_token=refresh_token if isinstance(refresh_token, str) and refresh_token else None,
+            expires_at=access_expiry(claims, access_token),
+            cookie_names=names_present(cookies, self.cookie_name) if source == "cookie" else (),
         )

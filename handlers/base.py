@@ -8,6 +8,7 @@ string nor any header.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -17,6 +18,9 @@ from typing import Any, ClassVar
 
 from tornado.web import HTTPError, RequestHandler
 
+from auth.cookies import write_plan
+from auth.refresh import RefreshRejected, RefreshUnavailable, apply_tokens
+from auth.session import Session
 from handlers.context import Context
 
 __all__ = ["ApiError", "BaseHandler", "NotFoundHandler"]
@@ -79,6 +83,47 @@ class BaseHandler(RequestHandler):
         if isinstance(chunk, (bytes, str)):
             self.bytes_out += len(chunk)
         super().write(chunk)
+
+    async def fresh_session(self, session: Session) -> Session:
+        """``session``, refreshed first when its access token expires within
+        ``REFRESH_LEEWAY`` (auth/refresh.py), the new session written back to the cookie it came in.
+
+        A refresh the backend rejects ends the session: its cookies are cleared and the answer
+        is 401 ``session_expired``. A refresh that cannot be done now is a 502; the session is kept.
+        """
+        settings = self.ctx.settings
+        if session.refresh_token is None or not session.expires_within(settings.refresh_leeway):
+            return session
+        try:
+            tokens = await self.ctx.refresher.refresh(session.refresh_token)
+        except RefreshRejected:
+            self.write_session_cookie(None, session.cookie_names) if session.source == "cookie" else None
+            raise ApiError(401, "session_expired", "The session has expired; sign in again.") from None
+        except RefreshUnavailable:
+            raise ApiError(502, "bad_gateway", "The session could not be refreshed now; try again.") from None
+        claims = apply_tokens(session.claims, tokens)
+        if session.source == "cookie":
+            self.write_session_cookie(
+                self.ctx.sessions.codec.encode(claims, settings.session_max_age), session.cookie_names
+            )
+        return dataclasses.replace(
+            session,
+            access_token=tokens.access_token,
+            refresh_token=tokens.refresh_token,
+            expires_at=tokens.expires_at,
+            claims=claims,
+        )
+
+    def write_session_cookie(self, value: str | None, present: tuple[str, ...]) -> None:
+        """Set the session cookie to ``value`` (chunked as next-auth chunks it), or clear it with
+        ``None``; either way no stale chunk stays. Cookies set here survive an error response."""
+        settings = self.ctx.settings
+        attributes: dict[str, Any] = {"path": "/", "httponly": True, "samesite": "Lax", "secure": settings.production}
+        for name, chunk in write_plan(settings.session_cookie_name, value, present):
+            if chunk is None:
+                self.clear_cookie(name, **attributes)
+            else:
+                self.set_cookie(name, chunk, max_age=settings.session_max_age, **attributes)
 
     def send_json(self, payload: Any, status: int = 200) -> None:
         self.set_status(status)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from auth.csrf import CsrfPolicy
+from auth.refresh import Refresher
 from auth.session import NextAuthSessions
 from settings import Settings
 from upstream.client import UpstreamClient
@@ -20,15 +21,17 @@ class Context:
     upstream: UpstreamClient
     relay_limits: RelayLimits
     csrf: CsrfPolicy
+    refresher: Refresher
 
     @classmethod
     def build(cls, settings: Settings) -> Context:
         if settings.session_secret is None:
             raise ValueError("a session secret is required to serve requests")
+        upstream = UpstreamClient(connect_timeout=settings.upstream_connect_timeout)
         return cls(
             settings=settings,
             sessions=NextAuthSessions(settings.session_secret, settings.session_cookie_name),
-            upstream=UpstreamClient(connect_timeout=settings.upstream_connect_timeout),
+            upstream=upstream,
             relay_limits=RelayLimits(
                 response_timeout=settings.upstream_response_timeout,
                 idle_timeout=settings.stream_idle_timeout,
@@ -38,5 +41,11 @@ class Context:
                 allowed_origins=settings.allowed_origins,
                 header_required=settings.csrf_header_required,
                 https=settings.production,
+            ),
+            refresher=Refresher(
+                upstream,
+                settings.backend_endpoint(settings.auth_refresh_path),
+                timeout=settings.upstream_response_timeout,
+                grace=settings.refresh_grace,
             ),
         )

@@ -1,8 +1,9 @@
 """``/api/proxy/<path>``: the authenticated catch-all to the private backend.
 
 Top to bottom: validate the raw path -> authenticate (unless the path is public; a cookie
-session on an unsafe method must also pass the CSRF rule, ``auth/csrf.py``) -> plan the body
--> build the upstream request -> relay. Bodies take one of three paths:
+session on an unsafe method must also pass the CSRF rule, ``auth/csrf.py``; an access token
+about to expire is refreshed first, ``auth/refresh.py``) -> plan the body -> build the
+upstream request -> relay. Bodies take one of three paths:
 
 * none: GET/DELETE without a body (POST/PUT/PATCH without one send an empty body);
 * buffered: JSON bodies, so a malformed one gets 400 ``invalid_json`` before the backend
@@ -21,6 +22,8 @@ import asyncio
 import enum
 import json
 import logging
+import re
+from collections.abc import Awaitable
 
 from tornado.iostream import StreamClosedError
 from tornado.web import stream_request_body
@@ -29,7 +32,7 @@ from auth.session import Unauthenticated
 from handlers.base import ApiError, BaseHandler
 from upstream.body import BodyPipe
 from upstream.paths import InvalidPath, parse_backend_path
-from upstream.relay import Relay, RelayError, relay
+from upstream.relay import BodyProducer, Relay, RelayError
 from upstream.request import upstream_headers, upstream_url
 
 __all__ = ["ProxyHandler"]
@@ -42,8 +45,11 @@ _UNLIMITED = 2**62  # Tornado's own body limit is lifted; the handler enforces M
 
 class _Body(enum.Enum):
     NONE = "none"
-    BUFFERED = "buffered"
+    BUFFERED = "buffered"  # held whole: JSON (validated), or unknown length where one is needed
     STREAMED = "streamed"
+
+
+_DIGITS = re.compile(r"[0-9]{1,19}")  # str.isdigit() also accepts "²"
 
 
 def _is_json(content_type: str) -> bool:
@@ -59,6 +65,9 @@ class ProxyHandler(BaseHandler):
     _relay: Relay | None = None
     _pipe: BodyPipe | None = None
     _streamed: asyncio.Task[None] | None = None
+    _buffer: bytearray | None = None
+    _json = False
+    _received = 0
 
     async def prepare(self) -> None:
         try:
@@ -72,25 +81,23 @@ class ProxyHandler(BaseHandler):
                 session = self.ctx.sessions.authenticate(self.request.headers)
             except Unauthenticated as exc:
                 raise ApiError(401, "unauthorized", str(exc)) from None
-            token, self.user = session.access_token, session.user
+            self.user = session.user
             if session.source == "cookie":  # an ambient credential: prove the request is ours
                 reason = self.ctx.csrf.violation(self.request.method or "", self.request.headers, self.request.host)
                 if reason is not None:
                     raise ApiError(403, "csrf_rejected", reason)
+            token = (await self.fresh_session(session)).access_token
 
-        self._body, length = self._plan_body()
+        body, length = self._plan_body()
         assert settings.backend is not None
         self._url = upstream_url(settings.backend, path, self.request.query)
         self._upstream_headers = upstream_headers(
-            self.request,
-            self.request_id,
-            token,
-            str(length) if self._body is _Body.STREAMED and length is not None else None,
+            self.request, self.request_id, token, str(length) if body is _Body.STREAMED and length is not None else None
         )
-        self._received = 0
-        self._buffer = bytearray()
         self.request.connection.set_max_body_size(_UNLIMITED)  # type: ignore[union-attr]
-        if self._body is _Body.STREAMED:
+        if body is _Body.BUFFERED:
+            self._buffer = bytearray()
+        elif body is _Body.STREAMED:
             self._pipe = BodyPipe()
             self._streamed = asyncio.ensure_future(self._forward(None, self._pipe.produce))
             self._streamed.add_done_callback(_retrieve)
@@ -100,32 +107,39 @@ class ProxyHandler(BaseHandler):
         length: int | None = None
         if "Content-Length" in headers:
             raw = headers["Content-Length"]
-            if not raw.isdigit():
+            if not _DIGITS.fullmatch(raw):
                 raise ApiError(400, "bad_request", "Content-Length is not a number.")
             length = int(raw)
-            if length > self.ctx.settings.max_body_bytes:
-                raise ApiError(413, "payload_too_large", "The request body is larger than this gateway accepts.")
-        has_body = "Transfer-Encoding" in headers or bool(length)
-        if not has_body:
+        self._json = _is_json(headers.get("Content-Type", ""))
+        limit = self._limit()
+        if length is not None and length > limit:
+            raise _too_large(limit)
+        if "Transfer-Encoding" not in headers and not length:
             return _Body.NONE, length
-        if _is_json(headers.get("Content-Type", "")):
+        if self._json:
             return _Body.BUFFERED, length
         if length is not None or self.request.method in _BODY_METHODS:
             return _Body.STREAMED, length
-        return _Body.BUFFERED, length  # e.g. a chunked DELETE body: the client needs a length
+        return _Body.BUFFERED, length  # e.g. a chunked DELETE body: the upstream needs a length
 
-    def data_received(self, chunk: bytes) -> asyncio.Future[None] | None:
+    def _limit(self) -> int:
+        settings = self.ctx.settings
+        return min(settings.max_json_bytes, settings.max_body_bytes) if self._json else settings.max_body_bytes
+
+    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
         self._received += len(chunk)
-        if self._received > self.ctx.settings.max_body_bytes:
-            error = ApiError(413, "payload_too_large", "The request body is larger than this gateway accepts.")
+        limit = self._limit()
+        if self._received > limit:
             if self._pipe is not None:
-                self._pipe.abort(error)  # the relay answers it (and drops the upstream request)
+                self._pipe.abort(_too_large(limit))  # the relay answers it and drops the upstream request
             else:
-                self.fail(error)
+                self._buffer = None
+                self.fail(_too_large(limit))
             return None
         if self._pipe is not None:
-            return self._pipe.feed(chunk)  # type: ignore[return-value]
-        self._buffer += chunk
+            return self._pipe.feed(chunk)
+        if self._buffer is not None:
+            self._buffer += chunk
         return None
 
     async def get(self, *_: str) -> None:
@@ -135,9 +149,10 @@ class ProxyHandler(BaseHandler):
             await self._streamed
             return
         body: bytes | None = None
-        if self._body is _Body.BUFFERED:
+        if self._buffer is not None:
             body = bytes(self._buffer)
-            if _is_json(self.request.headers.get("Content-Type", "")):
+            self._buffer = None
+            if self._json:
                 _check_json(body)
         elif self.request.method in _BODY_METHODS:
             body = b""
@@ -145,25 +160,14 @@ class ProxyHandler(BaseHandler):
 
     post = put = patch = delete = get
 
-    async def _forward(self, body: bytes | None, producer: object) -> None:
+    async def _forward(self, body: bytes | None, producer: BodyProducer | None) -> None:
         """Relay the upstream's answer; failures before its headers are answered as JSON."""
-
-        def started(worker: Relay) -> None:
-            self._relay = worker
-
         if self.outcome == "client_closed":
             return
+        self._relay = Relay(self, self.ctx.upstream, self.ctx.relay_limits)
         try:
-            result = await relay(
-                self,
-                self.ctx.upstream,
-                self.ctx.relay_limits,
-                url=self._url,
-                method=self.request.method or "GET",
-                headers=self._upstream_headers,
-                body=body,
-                body_producer=producer,  # type: ignore[arg-type]
-                on_start=started,
+            result = await self._relay.run(
+                self._url, self.request.method or "GET", self._upstream_headers, body, producer
             )
         except RelayError as exc:
             if self.outcome != "client_closed":
@@ -174,9 +178,13 @@ class ProxyHandler(BaseHandler):
             self.outcome = "request_rejected"
             self.fail(exc)
             return
+        finally:
+            if self._pipe is not None:  # the upstream takes no more: never leave the browser's side waiting
+                self._pipe.abort(StreamClosedError())
         self.outcome, self.upstream_ms = result.outcome, result.upstream_ms
 
     def on_connection_close(self) -> None:
+        super().on_connection_close()  # fails Tornado's body future, so the request ends
         if self._relay is not None and self._relay.finished:
             return  # the browser hung up after the whole answer: nothing was cut short
         self.outcome = "client_closed"
@@ -188,12 +196,16 @@ class ProxyHandler(BaseHandler):
             self._pipe.abort(StreamClosedError())
 
 
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, "payload_too_large", f"The request body is larger than this gateway accepts ({limit} bytes).")
+
+
 def _check_json(body: bytes) -> None:
     """RFC 8259 JSON in UTF-8: no other encoding (``json.loads`` would guess UTF-16/32 from
-    bytes), no BOM, no lone surrogates, no ``NaN``/``Infinity``."""
+    bytes), no BOM, no ``NaN``/``Infinity``, and not nested deeper than Python can parse."""
     try:
         json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise ApiError(400, "invalid_json", "The request body is not valid JSON.") from None
 
 

@@ -59,7 +59,8 @@ def _connection_named(headers: HTTPHeaders) -> frozenset[str]:
 
 def request_headers_to_forward(incoming: HTTPHeaders) -> Iterator[tuple[str, str]]:
     """The browser headers that may reach the backend."""
-    drop = _REQUEST_DROP | _connection_named(incoming)
+    named = _connection_named(incoming)
+    drop = _REQUEST_DROP | named if named else _REQUEST_DROP
     for name, value in incoming.get_all():
         lower = name.lower()
         if lower not in drop and not lower.startswith("x-forwarded-"):
@@ -68,7 +69,8 @@ def request_headers_to_forward(incoming: HTTPHeaders) -> Iterator[tuple[str, str
 
 def response_headers_to_relay(upstream: HTTPHeaders) -> Iterator[tuple[str, str]]:
     """The upstream response headers that may reach the browser."""
-    drop = _RESPONSE_DROP | _connection_named(upstream)
+    named = _connection_named(upstream)
+    drop = _RESPONSE_DROP | named if named else _RESPONSE_DROP
     for name, value in upstream.get_all():
         if name.lower() not in drop:
             yield name, value

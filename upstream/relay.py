@@ -13,8 +13,9 @@ This is the only place that moves bytes from an upstream to a browser. The contr
   heartbeats (``: keep-alive``) and the final ``error`` event always fall between events.
 * One watchdog timer per relay enforces the time limits, because the fetch's own outcome is
   not enough (a reset mid-body was seen to leave Tornado's fetch hanging): no headers within
-  ``response_timeout`` -> 504; no progress (upstream bytes or a completed browser write) for
-  ``idle_timeout`` -> the stream ends. There is no total time limit.
+  ``response_timeout`` of the last request-body byte sent -> 504; no progress (upstream bytes
+  or a completed browser write) for ``idle_timeout`` -> the stream ends. There is no total
+  time limit.
 * A failure before the headers is raised as a `RelayError` for the handler to answer as JSON.
   A failure after them ends an SSE response with an ``error`` event and cuts any other
   response off (connection closed), so a truncated body never looks complete.
@@ -27,7 +28,6 @@ import asyncio
 import contextlib
 import dataclasses
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from tornado.httputil import HTTPHeaders, parse_response_start_line
 from tornado.iostream import StreamClosedError
@@ -38,8 +38,9 @@ from upstream.client import AbortableRequest, UpstreamAborted, UpstreamClient
 from upstream.headers import response_headers_to_relay
 from upstream.sse import EventBuffer, comment, error_event, is_event_stream
 
-__all__ = ["RelayError", "RelayLimits", "RelayResult", "relay"]
+__all__ = ["BodyProducer", "Relay", "RelayError", "RelayLimits", "RelayResult"]
 
+STALLED_FLUSH_GRACE = 1.0  # seconds a failed stream waits for the browser to take a pending write
 BodyProducer = Callable[[Callable[[bytes], Awaitable[None]]], Awaitable[None]]
 
 
@@ -56,7 +57,6 @@ class RelayResult:
 
     outcome: str = "ok"  # ok | client_closed | upstream_failed | idle_timeout | request_rejected
     upstream_ms: float | None = None  # time to the upstream's response headers
-    status: int | None = None
 
 
 class RelayError(Exception):
@@ -76,7 +76,7 @@ class _PassThrough(Exception):
 
 
 class Relay:
-    """One relay per proxied request. Use `relay`; `cancel` is for ``on_connection_close``."""
+    """One relay per proxied request: `run` it once; `cancel` is for ``on_connection_close``."""
 
     def __init__(self, handler: RequestHandler, client: UpstreamClient, limits: RelayLimits) -> None:
         self._handler = handler
@@ -92,6 +92,8 @@ class Relay:
         self._last_progress = 0.0
         self._last_write = 0.0
         self._watchdog: asyncio.TimerHandle | None = None
+        self._started = 0.0
+        self._cut = False  # the relay closed the browser's connection itself
         self._failure: str | None = None  # why the gateway aborted: outcome name
         self.result = RelayResult()
         self.finished = False  # the whole upstream response reached the browser's socket
@@ -109,13 +111,12 @@ class Relay:
             method=method,
             headers=headers,
             body=body,
-            body_producer=_guard(body_producer) if body_producer else None,
+            body_producer=self._guard(body_producer) if body_producer else None,
             header_callback=self._on_header_line,
             streaming_callback=self._on_chunk,
         )
-        started = self._loop.time()
-        self._last_progress = started
-        self._arm(started + self._limits.response_timeout)
+        self._started = self._last_progress = self._loop.time()
+        self._arm(self._started + self._limits.response_timeout)
         try:
             await self._client.fetch(self._request)
         except _PassThrough as wrapped:
@@ -149,9 +150,11 @@ class Relay:
 
     def _start_response(self) -> None:
         start = parse_response_start_line(self._status_line.strip())
+        if start.code < 200:  # an interim answer (103 Early Hints...): the final one follows
+            self._status_line, self._headers = "", HTTPHeaders()
+            return
         now = self._loop.time()
-        self.result.upstream_ms = round((now - self._last_progress) * 1000, 1)
-        self.result.status = start.code
+        self.result.upstream_ms = round((now - self._started) * 1000, 1)
         self._last_progress = self._last_write = now
         handler = self._handler
         for default in ("Content-Type", "Server", "Date"):
@@ -194,6 +197,8 @@ class Relay:
                 await self._writing
             except StreamClosedError:
                 break
+        if self._cut:
+            return  # the browser's connection was closed while this waited its turn
         self._handler.write(data)
         self._last_write = self._loop.time()
         self._writing = self._flush_now()
@@ -203,6 +208,12 @@ class Relay:
             self._abort("client_closed")
 
     async def _finish(self) -> None:
+        if self._failure is not None and self._writing is not None and not self._writing.done():
+            # A browser that stopped reading would hold this flush, and the stream, forever.
+            await asyncio.wait({self._writing}, timeout=min(STALLED_FLUSH_GRACE, self._limits.idle_timeout))
+            if not self._writing.done():
+                self._cut_off()
+                return
         if self._writing is not None:
             try:
                 await self._writing
@@ -223,7 +234,16 @@ class Relay:
             prefix = b"" if self._sse.at_boundary else b"\n\n"
             await self._send(prefix + error_event("upstream_failed", _failure_message(self._failure)))
         # Never complete a body that is not whole: close instead of writing the last chunk.
+        self._cut_off()
+
+    def _cut_off(self) -> None:
+        """Close the browser's connection. Tornado drops a flush future still pending then
+        without resolving it (``HTTP1Connection._clear_callbacks``); release its waiters here,
+        or they, and the upstream fetch task awaiting them, would wait forever."""
+        self._cut = True
         self._handler.request.connection.close()  # type: ignore[union-attr]
+        if self._writing is not None and not self._writing.done():
+            self._writing.set_result(None)
 
     # -- time limits ---------------------------------------------------------------------
 
@@ -245,7 +265,12 @@ class Relay:
         self._watchdog = None
         now = self._loop.time()
         if not self._headers_sent:
-            self._abort("response_timeout")
+            # The clock runs from the last request-body byte sent: a slow upload is not late.
+            due = self._last_progress + self._limits.response_timeout
+            if now >= due:
+                self._abort("response_timeout")
+            else:
+                self._arm(due)
             return
         if now - self._last_progress >= self._limits.idle_timeout:
             self._abort("idle_timeout")
@@ -263,25 +288,30 @@ class Relay:
         self._last_write = self._loop.time()
         return self._flush_now()
 
+    def _guard(self, producer: BodyProducer) -> BodyProducer:
+        """The request's body producer, with each upstream write counted as progress and the
+        producer's own errors (e.g. a 413 mid-upload) marked, so they are not taken for a bad
+        upstream."""
+
+        async def guarded(upstream_write: Callable[[bytes], Awaitable[None]]) -> None:
+            async def write(chunk: bytes) -> None:
+                await upstream_write(chunk)
+                self._last_progress = self._loop.time()
+
+            try:
+                await producer(write)
+            except (StreamClosedError, OSError):
+                raise
+            except Exception as exc:
+                raise _PassThrough(exc) from exc
+
+        return guarded
+
     def _abort(self, reason: str) -> None:
         if self._failure is None:
             self._failure = reason
         if self._request is not None:
             self._request.abort(UpstreamAborted(reason))
-
-
-def _guard(producer: BodyProducer) -> BodyProducer:
-    """Marks errors raised by the request body itself, so they are not taken for a bad upstream."""
-
-    async def guarded(write: Callable[[bytes], Awaitable[None]]) -> None:
-        try:
-            await producer(write)
-        except (StreamClosedError, OSError):
-            raise
-        except Exception as exc:
-            raise _PassThrough(exc) from exc
-
-    return guarded
 
 
 def _failure_message(reason: str) -> str:
@@ -294,27 +324,3 @@ def _error_before_headers(exc: Exception, failure: str | None) -> RelayError:
     if failure == "response_timeout" or isinstance(exc, HTTPTimeoutError):
         return RelayError(504, "gateway_timeout", "The backend did not answer in time.")
     return RelayError(502, "bad_gateway", "The backend could not be reached or failed to answer.")
-
-
-async def relay(
-    handler: RequestHandler,
-    client: UpstreamClient,
-    limits: RelayLimits,
-    *,
-    url: str,
-    method: str,
-    headers: HTTPHeaders,
-    body: bytes | None = None,
-    body_producer: BodyProducer | None = None,
-    on_start: Callable[[Relay], Any] | None = None,
-) -> RelayResult:
-    """Fetch ``url`` and relay the response to ``handler``'s browser; see the module docstring.
-
-    ``on_start`` receives the `Relay` before the fetch begins, so the caller can `cancel` it.
-    Raises `RelayError` for a failure before the headers (504 for timeouts, else 502), and
-    re-raises what the request's own ``body_producer`` raised (e.g. a 413 mid-upload).
-    """
-    worker = Relay(handler, client, limits)
-    if on_start is not None:
-        on_start(worker)
-    return await worker.run(url, method, headers, body, body_producer)

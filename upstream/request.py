@@ -18,9 +18,22 @@ def upstream_url(backend: BackendURL, path: BackendPath, query: str) -> str:
 
     ``path`` was validated by `parse_backend_path` (no empty or dot segments), so the joined
     path starts with exactly one ``/`` and cannot be read as an authority. The query string is
-    passed on byte for byte.
+    passed on byte for byte; bytes outside printable ASCII, and ``#``, percent-encoded.
     """
+    if not query.isascii() or "#" in query:
+        query = _escape_query(query)
     return urllib.parse.urlunsplit((backend.scheme, backend.netloc, f"{backend.base_path}/{path.raw}", query, ""))
+
+
+# Printable ASCII but "#", which would start a fragment in the upstream URL.
+_QUERY_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "#")
+
+
+def _escape_query(query: str) -> str:
+    """Percent-encode the bytes a browser sent raw. Tornado hands the request line over as
+    latin-1 text, so encoding it back yields the bytes that arrived (UTF-8 ``é`` stays
+    ``%C3%A9``, not double-encoded)."""
+    return urllib.parse.quote(query.encode("latin-1"), safe=_QUERY_SAFE)
 
 
 def upstream_headers(

@@ -29,10 +29,10 @@ def error_event(code: str, message: str) -> bytes:
     return f"event: error\ndata: {data}\n\n".encode()
 
 
-def _end_of_last_event(data: bytes) -> int:
+def _end_of_last_event(data: bytes, start: int = 0) -> int:
     end = 0
     for boundary in _BOUNDARIES:
-        found = data.rfind(boundary)
+        found = data.rfind(boundary, start)
         if found >= 0:
             end = max(end, found + len(boundary))
     return end
@@ -57,7 +57,8 @@ class EventBuffer:
     def feed(self, chunk: bytes) -> bytes:
         """The bytes that may be sent now: whole events, in order, exactly as received."""
         data = self._pending + chunk if self._pending else chunk
-        end = _end_of_last_event(data)
+        # The held-back tail has no boundary; one can only end in the new bytes (or straddle in).
+        end = _end_of_last_event(data, max(0, len(self._pending) - 3))
         if end == 0:
             if len(data) > self._max_pending:
                 self._pending, self.at_boundary = b"", False

@@ -1,0 +1,166 @@
+"""Refreshing expired access tokens: once per refresh token, however many requests need it.
+
+Refresh tokens usually rotate: the backend accepts each one once. Two requests refreshing with
+the same token at once would log the user out (nextauthjs/next-auth#2071, #8897, #6851). So
+`Refresher` keeps one refresh in flight per refresh token, which every concurrent request
+awaits, and remembers its result for ``grace`` seconds, for requests that arrive moments later
+still carrying the old cookie (the browser has not stored the new one yet).
+
+The wire contract with the backend: ``POST BACKEND_URL + AUTH_REFRESH_PATH`` with JSON
+``{"refresh_token": "<rt>"}``; the answer names the access token ``access_token`` or
+``accessToken``, optionally a new refresh token (``refresh_token`` / ``refreshToken``; absent:
+the old one stays valid) and the expiry as ``expires_in`` (s), ``expires_at`` (s),
+``accessTokenExpires`` (ms) or only the new token's own ``exp``. 400 and 401 mean the session
+is over (`RefreshRejected`); anything else that is not a 200 means the backend could not
+answer now (`RefreshUnavailable`), and the session is kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from tornado.httputil import HTTPHeaders
+
+from auth.jose import InvalidToken, b64url_decode, json_segment
+from upstream.client import AbortableRequest, UpstreamClient
+
+__all__ = ["RefreshRejected", "RefreshUnavailable", "Refresher", "Tokens", "access_expiry", "apply_tokens"]
+
+
+class RefreshRejected(Exception):
+    """The backend refused the refresh token: the session is over."""
+
+
+class RefreshUnavailable(Exception):
+    """The refresh endpoint could not be reached or failed: try again later."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Tokens:
+    access_token: str
+    refresh_token: str
+    expires_at: float | None  # epoch seconds
+
+
+def _token_exp(access_token: str) -> float | None:
+    """The ``exp`` of a JWT access token, read without verification (it is the backend's to
+    verify; the gateway only needs to know when to refresh). None if it is not a JWT."""
+    parts = access_token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        exp = json_segment(b64url_decode(parts[1])).get("exp")
+    except InvalidToken:
+        return None
+    return float(exp) if isinstance(exp, (int, float)) else None
+
+
+def access_expiry(claims: Mapping[str, Any], access_token: str) -> float | None:
+    """When the session's access token expires (epoch seconds), from ``accessTokenExpires``
+    (ms), ``expires_at`` (s) or the token's own ``exp``; None when nothing says."""
+    millis = claims.get("accessTokenExpires")
+    if isinstance(millis, (int, float)):
+        return millis / 1000
+    seconds = claims.get("expires_at")
+    if isinstance(seconds, (int, float)):
+        return float(seconds)
+    return _token_exp(access_token)
+
+
+def apply_tokens(claims: Mapping[str, Any], tokens: Tokens) -> dict[str, Any]:
+    """The session's claims with ``tokens`` in, spelled as the session already spelled them
+    (the old tutorial's camelCase with an expiry in ms, or the current guide's snake_case)."""
+    updated = {k: v for k, v in claims.items() if k not in ("iat", "exp", "jti")}
+    if "accessToken" in claims:
+        updated["accessToken"], updated["refreshToken"] = tokens.access_token, tokens.refresh_token
+        field, value = "accessTokenExpires", None if tokens.expires_at is None else int(tokens.expires_at * 1000)
+    else:
+        updated["access_token"], updated["refresh_token"] = tokens.access_token, tokens.refresh_token
+        field, value = "expires_at", None if tokens.expires_at is None else int(tokens.expires_at)
+    if value is None:
+        updated.pop(field, None)  # the new token's own exp says when
+    else:
+        updated[field] = value
+    return updated
+
+
+def _parse(body: bytes, old_refresh_token: str) -> Tokens:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise RefreshUnavailable("the refresh answer is not JSON") from None
+    if not isinstance(data, dict):
+        raise RefreshUnavailable("the refresh answer is not a JSON object")
+    access = data.get("access_token") or data.get("accessToken")
+    if not isinstance(access, str) or not access:
+        raise RefreshUnavailable("the refresh answer holds no access token")
+    refresh = data.get("refresh_token") or data.get("refreshToken") or old_refresh_token
+    expires_at: float | None
+    if isinstance(data.get("expires_in"), (int, float)):
+        expires_at = time.time() + data["expires_in"]
+    elif isinstance(data.get("expires_at"), (int, float)):
+        expires_at = float(data["expires_at"])
+    elif isinstance(data.get("accessTokenExpires"), (int, float)):
+        expires_at = data["accessTokenExpires"] / 1000
+    else:
+        expires_at = _token_exp(access)
+    return Tokens(access_token=access, refresh_token=str(refresh), expires_at=expires_at)
+
+
+class Refresher:
+    """Single-flight token refresh against one backend endpoint."""
+
+    def __init__(self, client: UpstreamClient, url: str, timeout: float, grace: float) -> None:
+        self._client = client
+        self._url = url
+        self._timeout = timeout
+        self._grace = grace
+        self._inflight: dict[bytes, asyncio.Task[Tokens]] = {}
+        self._recent: dict[bytes, Tokens] = {}
+        self.calls = 0  # refresh requests sent to the backend, for tests and metrics
+
+    async def refresh(self, refresh_token: str) -> Tokens:
+        """New tokens for ``refresh_token``: from a refresh in flight, one finished within the
+        grace period, or a new call. Raises `RefreshRejected` or `RefreshUnavailable`."""
+        key = hashlib.sha256(refresh_token.encode()).digest()  # no raw tokens kept as keys
+        recent = self._recent.get(key)
+        if recent is not None:
+            return recent
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._call(refresh_token))
+            self._inflight[key] = task
+            task.add_done_callback(lambda done: self._settle(key, done))
+        # Shielded: a request that goes away must not cancel the refresh the others await.
+        return await asyncio.shield(task)
+
+    def _settle(self, key: bytes, task: asyncio.Task[Tokens]) -> None:
+        del self._inflight[key]
+        if not task.cancelled() and task.exception() is None:
+            self._recent[key] = task.result()
+            asyncio.get_running_loop().call_later(self._grace, self._recent.pop, key, None)
+
+    async def _call(self, refresh_token: str) -> Tokens:
+        self.calls += 1
+        request = AbortableRequest(
+            self._url,
+            method="POST",
+            headers=HTTPHeaders({"Content-Type": "application/json", "Accept": "application/json"}),
+            body=json.dumps({"refresh_token": refresh_token}),
+            request_timeout=self._timeout,
+        )
+        try:
+            response = await self._client.fetch(request)
+        except Exception as exc:  # refused, reset, timed out
+            raise RefreshUnavailable(type(exc).__name__) from None
+        if response.code in (400, 401):
+            raise RefreshRejected(f"the backend answered {response.code}")
+        if response.code != 200:
+            raise RefreshUnavailable(f"the backend answered {response.code}")
+        return _parse(response.body, refresh_token)
