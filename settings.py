@@ -114,7 +114,7 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None 
     environment = reader.choice(("ENV", "NODE_ENV"), ("development", "production", "test"), "development")
     production = environment == "production"
     backend = reader.get(("BACKEND_URL", "NEXT_PUBLIC_BACKEND_URL"), _parse_backend_url, None)
-    secret = reader.get(("SESSION_SECRET", "NEXTAUTH_SECRET", "AUTH_SECRET"), _non_empty, None)
+    secret = reader.get(("SESSION_SECRET", "NEXTAUTH_SECRET", "AUTH_SECRET"), _text, None)
     if production and backend is None:
         raise SettingsError("BACKEND_URL is required when ENV=production (demo mode is for development only)")
     if backend is not None and secret is None:
@@ -125,7 +125,7 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None 
         backend=backend,
         session_secret=secret,
         production=production,
-        host=reader.get(("HOST",), _non_empty, defaults.host),
+        host=reader.get(("HOST",), _text, defaults.host),
         port=reader.get(("PORT",), _int_in(0, 65535), defaults.port),
         public_paths=reader.get(("PUBLIC_PATHS",), _path_prefixes, defaults.public_paths),
         upstream_connect_timeout=reader.get(
@@ -178,8 +178,8 @@ class _Reader:
         return self.get(names, parse, default)
 
 
-def _non_empty(raw: str) -> str:
-    return raw
+def _text(raw: str) -> str:
+    return raw  # the reader has already stripped it and skipped it when empty
 
 
 def _positive_float(raw: str) -> float:

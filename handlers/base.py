@@ -42,11 +42,11 @@ _DEFAULT_ERRORS: dict[int, tuple[str, str]] = {
 
 
 class ApiError(HTTPError):
-    """An error the client gets as JSON, with an optional extra header or two."""
+    """An error the client gets as JSON: ``{"error": code, "message": message}``."""
 
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(status)
-        self.code, self.message, self.headers = code, message, headers or {}
+        self.code, self.message = code, message
 
 
 class BaseHandler(RequestHandler):
@@ -97,7 +97,8 @@ class BaseHandler(RequestHandler):
         try:
             tokens = await self.ctx.refresher.refresh(session.refresh_token)
         except RefreshRejected:
-            self.write_session_cookie(None, session.cookie_names) if session.source == "cookie" else None
+            if session.source == "cookie":
+                self.write_session_cookie(None, session.cookie_names)
             raise ApiError(401, "session_expired", "The session has expired; sign in again.") from None
         except RefreshUnavailable:
             raise ApiError(502, "bad_gateway", "The session could not be refreshed now; try again.") from None
@@ -139,8 +140,6 @@ class BaseHandler(RequestHandler):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, ApiError):
             code, message = exc.code, exc.message
-            for name, value in exc.headers.items():
-                self.set_header(name, value)
         else:
             code, message = _DEFAULT_ERRORS.get(status_code, ("internal_error", "Something went wrong on our side."))
             if status_code >= 500 and status_code not in _DEFAULT_ERRORS:

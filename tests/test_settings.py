@@ -45,6 +45,12 @@ def start_process(env: dict[str, str], cwd: Path = ROOT) -> subprocess.Completed
         ({"ALLOWED_ORIGINS": "app.example.com"}, "ALLOWED_ORIGINS"),
         ({"ALLOWED_ORIGINS": "https://app.example.com/path"}, "ALLOWED_ORIGINS"),
         ({"CSRF_HEADER_REQUIRED": "sometimes"}, "CSRF_HEADER_REQUIRED"),
+        ({"AUTH_REFRESH_PATH": "auth/refresh"}, "AUTH_REFRESH_PATH"),
+        ({"AUTH_REFRESH_PATH": "//evil.example/refresh"}, "AUTH_REFRESH_PATH"),
+        ({"REFRESH_LEEWAY": "-5"}, "REFRESH_LEEWAY"),
+        ({"REFRESH_GRACE": "a while"}, "REFRESH_GRACE"),
+        ({"SESSION_MAX_AGE": "0"}, "SESSION_MAX_AGE"),
+        ({"MAX_JSON_BYTES": "lots"}, "MAX_JSON_BYTES"),
     ],
 )
 def test_invalid_configuration_stops_with_one_line_naming_the_variable(env: dict[str, str], variable: str) -> None:
@@ -68,7 +74,9 @@ def test_defaults() -> None:
     assert s.demo and s.backend is None and not s.production
     assert (s.host, s.port) == ("127.0.0.1", 8000)
     assert s.public_paths == ("auth/password-reset", "auth/forgot-password")
-    assert s.max_body_bytes == 100 * 1024 * 1024
+    assert s.max_body_bytes == 100 * 1024 * 1024 and s.max_json_bytes == 1024 * 1024
+    assert (s.auth_refresh_path, s.refresh_leeway, s.refresh_grace) == ("/auth/refresh", 60.0, 30.0)
+    assert s.session_max_age == 30 * 24 * 3600
     assert s.log_level == "INFO"
     assert s.session_cookie_name == "next-auth.session-token"
 
@@ -88,6 +96,11 @@ def test_variables_and_aliases() -> None:
             "LOG_LEVEL": "debug",
             "ALLOWED_ORIGINS": "https://App.Example.com, http://localhost:3000/",
             "CSRF_HEADER_REQUIRED": "true",
+            "AUTH_REFRESH_PATH": "/oauth/token",
+            "REFRESH_LEEWAY": "0",
+            "REFRESH_GRACE": "10",
+            "SESSION_MAX_AGE": "3600",
+            "MAX_JSON_BYTES": "4096",
         },
         dotenv=None,
     )
@@ -100,6 +113,9 @@ def test_variables_and_aliases() -> None:
     assert s.log_level == "DEBUG" and not s.demo
     assert s.allowed_origins == {"https://app.example.com", "http://localhost:3000"}
     assert s.csrf_header_required
+    assert (s.auth_refresh_path, s.refresh_leeway, s.refresh_grace) == ("/oauth/token", 0.0, 10.0)
+    assert s.backend_endpoint(s.auth_refresh_path) == "https://api.example.com/v1/oauth/token"
+    assert (s.session_max_age, s.max_json_bytes) == (3600, 1024)  # JSON never above MAX_BODY_BYTES
 
 
 def test_first_name_wins_over_aliases() -> None:

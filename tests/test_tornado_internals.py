@@ -143,7 +143,7 @@ async def test_abort_fails_a_streaming_fetch_and_closes_its_socket(silent_upstre
         with pytest.raises(UpstreamAborted) as raised:
             await asyncio.wait_for(asyncio.shield(fetching), 1)
         assert now() - aborted_at < 0.1
-        assert raised.value.reason == "test"
+        assert raised.value.args[0] == "test"
         await asyncio.wait_for(upstream.closed.wait(), 1)
         assert upstream.closed_at[0] - aborted_at < 0.1
         assert client.active_fetches == 0

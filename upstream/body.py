@@ -4,7 +4,8 @@
 ``body_producer`` (consumer side) through a small bounded queue. Flow control holds both
 ways: a full queue makes ``feed`` return an awaitable, which Tornado awaits before reading
 more from the browser; the consumer awaits each upstream socket write before taking the
-next chunk. At most ``max_chunks`` reads (64 KiB each by default) are in memory per upload.
+next chunk. About ``max_chunks`` reads (64 KiB each by default) are in memory per upload: the
+queue, plus the read waiting for room and the chunk being written.
 """
 
 from __future__ import annotations

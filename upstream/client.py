@@ -34,11 +34,7 @@ UNLIMITED_BODY = sys.maxsize
 
 
 class UpstreamAborted(Exception):
-    """The gateway abandoned a fetch. ``reason`` says why (``client_closed``, ``idle_timeout``...)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+    """The gateway abandoned a fetch; the message says why (``client_closed``, ``idle_timeout``...)."""
 
 
 class _NoDefaultContentType(HTTPHeaders):

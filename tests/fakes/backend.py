@@ -11,6 +11,10 @@ Routes (any method unless said otherwise):
 * ``/sse?events=N&interval=S``: N SSE events, each ``data: {"n": i, "sent": <time>}``.
 * ``/slow?delay=S``: waits S seconds before answering.
 * ``/auth/password-reset...``, ``/auth/forgot-password...``: same as ``/echo``.
+* ``POST /auth/refresh`` ``{"refresh_token"}``: rotates: each refresh token in
+  `FakeBackend.refresh_tokens` works once, for ``at-<n>`` / ``rt-<n>`` (``expires_in`` 3600);
+  reuse or an unknown token is a 401. `refresh_delay` slows it down; `refresh_status` forces
+  an answer (e.g. 500).
 
 `FakeBackend.requests` is the list of `Recorded` requests, in arrival order.
 """
@@ -108,6 +112,8 @@ class _Handler(RequestHandler):
             await self.send_events(
                 int(self.get_query_argument("events", "5")), float(self.get_query_argument("interval", "0.05"))
             )
+        elif path == "/auth/refresh" and self.request.method == "POST":
+            await self.refresh()
         elif path == "/slow":
             await asyncio.sleep(float(self.get_query_argument("delay", "1")))
             self.json({"slow": True})
@@ -115,6 +121,22 @@ class _Handler(RequestHandler):
             self.json(self.echo())
 
     post = put = patch = delete = options = get
+
+    async def refresh(self) -> None:
+        backend = self.backend
+        await asyncio.sleep(backend.refresh_delay)
+        if backend.refresh_status is not None:
+            self.json({"detail": "forced"}, backend.refresh_status)
+            return
+        token = json.loads(self.record.body or b"{}").get("refresh_token")
+        if token not in backend.refresh_tokens:
+            self.json({"detail": "invalid or reused refresh token"}, 401)
+            return
+        backend.refresh_tokens.discard(token)
+        backend.issued += 1
+        fresh = f"rt-{backend.issued}"
+        backend.refresh_tokens.add(fresh)
+        self.json({"access_token": f"at-{backend.issued}", "refresh_token": fresh, "expires_in": 3600})
 
     def echo(self) -> dict[str, Any]:
         r = self.record
@@ -149,11 +171,18 @@ class FakeBackend:
 
     def __init__(self) -> None:
         self.requests: list[Recorded] = []
+        self.refresh_tokens: set[str] = {"rt-0"}
+        self.issued = 0
+        self.refresh_delay = 0.0
+        self.refresh_status: int | None = None
         sock, self.port = bind_unused_port()
         # The fake logs nothing: the log scans in tests judge only gatehouse's own lines.
         app = Application([(r"/.*", _Handler, {"backend": self})], log_function=lambda _: None)
         self.server = HTTPServer(app, max_body_size=2**40)
         self.server.add_sockets([sock])
+
+    def calls(self, path: str) -> list[Recorded]:
+        return [r for r in self.requests if r.path == path]
 
     @property
     def url(self) -> str:
