@@ -61,9 +61,15 @@ class Settings:
     refresh_leeway: float = 60.0
     refresh_grace: float = 30.0
     session_max_age: int = 30 * 24 * 60 * 60
+    previous_secrets: tuple[str, ...] = ()  # AUTH_SECRET_1..3: Auth.js v5 secret rotation
     allowed_origins: frozenset[str] = frozenset()
     csrf_header_required: bool = False
     demo: bool = False  # no BACKEND_URL: `make run` starts in-process demo upstreams
+
+    @property
+    def session_secrets(self) -> tuple[str, ...]:
+        """The secret that makes new sessions first, then older ones that still decode (v5)."""
+        return (self.session_secret, *self.previous_secrets) if self.session_secret else ()
 
     def backend_endpoint(self, path: str) -> str:
         """The URL of one of the backend's own endpoints (``path`` from the settings)."""
@@ -145,6 +151,9 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None 
         refresh_leeway=reader.get(("REFRESH_LEEWAY",), _non_negative_float, defaults.refresh_leeway),
         refresh_grace=reader.get(("REFRESH_GRACE",), _non_negative_float, defaults.refresh_grace),
         session_max_age=reader.get(("SESSION_MAX_AGE",), _int_in(60, 400 * 24 * 60 * 60), defaults.session_max_age),
+        previous_secrets=tuple(
+            s for s in (reader.get((f"AUTH_SECRET_{n}",), _text, None) for n in (1, 2, 3)) if s is not None
+        ),
         allowed_origins=reader.get(("ALLOWED_ORIGINS",), _origins, defaults.allowed_origins),
         csrf_header_required=reader.get(("CSRF_HEADER_REQUIRED",), _boolean, defaults.csrf_header_required),
         demo=backend is None,

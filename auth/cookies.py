@@ -9,9 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-__all__ = ["NEXTAUTH_V4_CHUNK_SIZE", "chunk_value", "names_present", "read_chunked", "write_plan"]
+__all__ = [
+    "AUTHJS_V5_CHUNK_SIZE",
+    "NEXTAUTH_V4_CHUNK_SIZE",
+    "chunk_value",
+    "names_present",
+    "read_chunked",
+    "write_plan",
+]
 
-NEXTAUTH_V4_CHUNK_SIZE = 3933
+NEXTAUTH_V4_CHUNK_SIZE = 3933  # 4096 minus next-auth v4's allowance for the cookie's attributes
+AUTHJS_V5_CHUNK_SIZE = 3936  # the same for @auth/core
 
 
 def read_chunked(cookies: Mapping[str, str], name: str) -> str | None:
@@ -42,11 +50,13 @@ def names_present(cookies: Mapping[str, str], name: str) -> tuple[str, ...]:
     )
 
 
-def write_plan(name: str, value: str | None, present: tuple[str, ...]) -> list[tuple[str, str | None]]:
+def write_plan(
+    name: str, value: str | None, present: tuple[str, ...], size: int = NEXTAUTH_V4_CHUNK_SIZE
+) -> list[tuple[str, str | None]]:
     """What to set (``(name, value)``) and expire (``(name, None)``) so the browser ends up
     holding exactly ``value`` under ``name``, chunked as next-auth would, with no stale chunk of
     an older, longer value left behind. ``value=None`` expires the whole session cookie."""
-    setting = chunk_value(name, value) if value is not None else []
+    setting = chunk_value(name, value, size) if value is not None else []
     keep = {n for n, _ in setting}
     stale = [(n, None) for n in (present or (name,)) if n not in keep]
     return [*setting, *stale]

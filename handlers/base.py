@@ -20,7 +20,7 @@ from tornado.web import HTTPError, RequestHandler
 
 from auth.cookies import write_plan
 from auth.refresh import RefreshRejected, RefreshUnavailable, apply_tokens
-from auth.session import Session
+from auth.session import Session, SessionFormat
 from handlers.context import Context
 
 __all__ = ["ApiError", "BaseHandler", "NotFoundHandler"]
@@ -98,15 +98,14 @@ class BaseHandler(RequestHandler):
             tokens = await self.ctx.refresher.refresh(session.refresh_token)
         except RefreshRejected:
             if session.source == "cookie":
-                self.write_session_cookie(None, session.cookie_names)
+                self.write_session_cookie(session.format, None, session.cookie_names)
             raise ApiError(401, "session_expired", "The session has expired; sign in again.") from None
         except RefreshUnavailable:
             raise ApiError(502, "bad_gateway", "The session could not be refreshed now; try again.") from None
         claims = apply_tokens(session.claims, tokens)
         if session.source == "cookie":
-            self.write_session_cookie(
-                self.ctx.sessions.codec.encode(claims, settings.session_max_age), session.cookie_names
-            )
+            value = session.format.codec.encode(claims, settings.session_max_age)
+            self.write_session_cookie(session.format, value, session.cookie_names)
         return dataclasses.replace(
             session,
             access_token=tokens.access_token,
@@ -115,12 +114,13 @@ class BaseHandler(RequestHandler):
             claims=claims,
         )
 
-    def write_session_cookie(self, value: str | None, present: tuple[str, ...]) -> None:
-        """Set the session cookie to ``value`` (chunked as next-auth chunks it), or clear it with
-        ``None``; either way no stale chunk stays. Cookies set here survive an error response."""
+    def write_session_cookie(self, fmt: SessionFormat, value: str | None, present: tuple[str, ...]) -> None:
+        """Set ``fmt``'s session cookie to ``value`` (chunked as next-auth / Auth.js chunk it), or
+        clear it with ``None``; either way no stale chunk stays. Cookies set here survive an
+        error response."""
         settings = self.ctx.settings
         attributes: dict[str, Any] = {"path": "/", "httponly": True, "samesite": "Lax", "secure": settings.production}
-        for name, chunk in write_plan(settings.session_cookie_name, value, present):
+        for name, chunk in write_plan(fmt.cookie_name, value, present, fmt.chunk_size):
             if chunk is None:
                 self.clear_cookie(name, **attributes)
             else:

@@ -6,7 +6,7 @@ import dataclasses
 
 from auth.csrf import CsrfPolicy
 from auth.refresh import Refresher
-from auth.session import NextAuthSessions
+from auth.session import SessionReader, session_formats
 from settings import Settings
 from upstream.client import UpstreamClient
 from upstream.relay import RelayLimits
@@ -17,7 +17,7 @@ __all__ = ["Context"]
 @dataclasses.dataclass(frozen=True)
 class Context:
     settings: Settings
-    sessions: NextAuthSessions
+    sessions: SessionReader
     upstream: UpstreamClient
     relay_limits: RelayLimits
     csrf: CsrfPolicy
@@ -25,12 +25,12 @@ class Context:
 
     @classmethod
     def build(cls, settings: Settings) -> Context:
-        if settings.session_secret is None:
+        if not settings.session_secrets:
             raise ValueError("a session secret is required to serve requests")
         upstream = UpstreamClient(connect_timeout=settings.upstream_connect_timeout)
         return cls(
             settings=settings,
-            sessions=NextAuthSessions(settings.session_secret, settings.session_cookie_name),
+            sessions=SessionReader(session_formats(settings.session_secrets, settings.production)),
             upstream=upstream,
             relay_limits=RelayLimits(
                 response_timeout=settings.upstream_response_timeout,
