@@ -20,6 +20,7 @@ from tornado.httpserver import HTTPServer
 from tornado.web import Application
 
 from handlers.access_log import log_request
+from handlers.auth import LoginHandler, LogoutHandler, SessionHandler
 from handlers.base import NotFoundHandler
 from handlers.context import Context
 from handlers.health import HealthHandler, ReadyHandler
@@ -39,6 +40,9 @@ def make_app(settings: Settings, ctx: Context | None = None) -> Application:
     return Application(
         [
             (r"/api/proxy/.*", ProxyHandler, args),
+            (r"/api/auth/login", LoginHandler, args),
+            (r"/api/auth/logout", LogoutHandler, args),
+            (r"/api/auth/session", SessionHandler, args),
             (r"/healthz", HealthHandler, args),
             (r"/readyz", ReadyHandler, args),
         ],

@@ -58,6 +58,8 @@ class Settings:
     max_json_bytes: int = 1 * MIB  # JSON is parsed on the event loop: keep it small
     log_level: str = "INFO"
     auth_refresh_path: str = "/auth/refresh"
+    auth_login_path: str = "/auth/login"
+    auth_logout_path: str | None = None  # not called unless configured
     refresh_leeway: float = 60.0
     refresh_grace: float = 30.0
     session_max_age: int = 30 * 24 * 60 * 60
@@ -148,6 +150,8 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None 
         max_json_bytes=min(max_body, reader.get(("MAX_JSON_BYTES",), _int_in(0, 2**53), defaults.max_json_bytes)),
         log_level=reader.choice(("LOG_LEVEL",), ("DEBUG", "INFO", "WARNING", "ERROR"), defaults.log_level, upper=True),
         auth_refresh_path=reader.get(("AUTH_REFRESH_PATH",), _backend_path, defaults.auth_refresh_path),
+        auth_login_path=reader.get(("AUTH_LOGIN_PATH",), _backend_path, defaults.auth_login_path),
+        auth_logout_path=reader.get(("AUTH_LOGOUT_PATH",), _backend_path, defaults.auth_logout_path),
         refresh_leeway=reader.get(("REFRESH_LEEWAY",), _non_negative_float, defaults.refresh_leeway),
         refresh_grace=reader.get(("REFRESH_GRACE",), _non_negative_float, defaults.refresh_grace),
         session_max_age=reader.get(("SESSION_MAX_AGE",), _int_in(60, 400 * 24 * 60 * 60), defaults.session_max_age),

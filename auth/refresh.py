@@ -25,12 +25,18 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from tornado.httputil import HTTPHeaders
-
 from auth.jose import InvalidToken, b64url_decode, json_segment
-from upstream.client import AbortableRequest, UpstreamClient
+from upstream.client import UpstreamClient
 
-__all__ = ["RefreshRejected", "RefreshUnavailable", "Refresher", "Tokens", "access_expiry", "apply_tokens"]
+__all__ = [
+    "RefreshRejected",
+    "RefreshUnavailable",
+    "Refresher",
+    "Tokens",
+    "access_expiry",
+    "apply_tokens",
+    "parse_tokens",
+]
 
 
 class RefreshRejected(Exception):
@@ -90,17 +96,15 @@ def apply_tokens(claims: Mapping[str, Any], tokens: Tokens) -> dict[str, Any]:
     return updated
 
 
-def _parse(body: bytes, old_refresh_token: str) -> Tokens:
-    try:
-        data = json.loads(body)
-    except ValueError:
-        raise RefreshUnavailable("the refresh answer is not JSON") from None
+def parse_tokens(data: object, old_refresh_token: str | None = None) -> Tokens:
+    """The tokens in a backend's JSON answer (refresh or login); `RefreshUnavailable` if it
+    holds no access token."""
     if not isinstance(data, dict):
-        raise RefreshUnavailable("the refresh answer is not a JSON object")
+        raise RefreshUnavailable("the answer is not a JSON object")
     access = data.get("access_token") or data.get("accessToken")
     if not isinstance(access, str) or not access:
-        raise RefreshUnavailable("the refresh answer holds no access token")
-    refresh = data.get("refresh_token") or data.get("refreshToken") or old_refresh_token
+        raise RefreshUnavailable("the answer holds no access token")
+    refresh = data.get("refresh_token") or data.get("refreshToken") or old_refresh_token or ""
     expires_at: float | None
     if isinstance(data.get("expires_in"), (int, float)):
         expires_at = time.time() + data["expires_in"]
@@ -148,19 +152,17 @@ class Refresher:
 
     async def _call(self, refresh_token: str) -> Tokens:
         self.calls += 1
-        request = AbortableRequest(
-            self._url,
-            method="POST",
-            headers=HTTPHeaders({"Content-Type": "application/json", "Accept": "application/json"}),
-            body=json.dumps({"refresh_token": refresh_token}),
-            request_timeout=self._timeout,
-        )
+        body = json.dumps({"refresh_token": refresh_token}).encode()
         try:
-            response = await self._client.fetch(request)
+            response = await self._client.call(self._url, body, self._timeout)
         except Exception as exc:  # refused, reset, timed out
             raise RefreshUnavailable(type(exc).__name__) from None
         if response.code in (400, 401):
             raise RefreshRejected(f"the backend answered {response.code}")
         if response.code != 200:
             raise RefreshUnavailable(f"the backend answered {response.code}")
-        return _parse(response.body, refresh_token)
+        try:
+            data = json.loads(response.body)
+        except ValueError:
+            raise RefreshUnavailable("the refresh answer is not JSON") from None
+        return parse_tokens(data, refresh_token)

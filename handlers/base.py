@@ -23,7 +23,7 @@ from auth.refresh import RefreshRejected, RefreshUnavailable, apply_tokens
 from auth.session import Session, SessionFormat
 from handlers.context import Context
 
-__all__ = ["ApiError", "BaseHandler", "NotFoundHandler"]
+__all__ = ["ApiError", "BaseHandler", "NotFoundHandler", "parse_json"]
 
 log = logging.getLogger("gatehouse")
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -162,6 +162,20 @@ class BaseHandler(RequestHandler):
             exc_info=(typ, value, tb),  # type: ignore[arg-type]
             extra={"request_id": self.request_id, "route": self.route, "path": self.request.path},
         )
+
+
+def parse_json(body: bytes) -> Any:
+    """RFC 8259 JSON in UTF-8, or 400 ``invalid_json``: no other encoding (``json.loads`` would
+    guess UTF-16/32 from bytes), no BOM, no ``NaN``/``Infinity``, not nested deeper than Python
+    can parse."""
+    try:
+        return json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ApiError(400, "invalid_json", "The request body is not valid JSON.") from None
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
 
 
 class NotFoundHandler(BaseHandler):

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import json
 import logging
 import re
 from collections.abc import Awaitable
@@ -29,7 +28,7 @@ from tornado.iostream import StreamClosedError
 from tornado.web import stream_request_body
 
 from auth.session import Unauthenticated
-from handlers.base import ApiError, BaseHandler
+from handlers.base import ApiError, BaseHandler, parse_json
 from upstream.body import BodyPipe
 from upstream.paths import InvalidPath, parse_backend_path
 from upstream.relay import BodyProducer, Relay, RelayError
@@ -153,7 +152,7 @@ class ProxyHandler(BaseHandler):
             body = bytes(self._buffer)
             self._buffer = None
             if self._json:
-                _check_json(body)
+                parse_json(body)
         elif self.request.method in _BODY_METHODS:
             body = b""
         await self._forward(body, None)
@@ -198,19 +197,6 @@ class ProxyHandler(BaseHandler):
 
 def _too_large(limit: int) -> ApiError:
     return ApiError(413, "payload_too_large", f"The request body is larger than this gateway accepts ({limit} bytes).")
-
-
-def _check_json(body: bytes) -> None:
-    """RFC 8259 JSON in UTF-8: no other encoding (``json.loads`` would guess UTF-16/32 from
-    bytes), no BOM, no ``NaN``/``Infinity``, and not nested deeper than Python can parse."""
-    try:
-        json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise ApiError(400, "invalid_json", "The request body is not valid JSON.") from None
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
 
 
 def _retrieve(task: asyncio.Task[None]) -> None:

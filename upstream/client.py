@@ -143,6 +143,20 @@ class UpstreamClient:
         """
         return await self._client.fetch(request, raise_error=False)
 
+    async def call(
+        self, url: str, body: bytes | None, seconds: float, headers: dict[str, str] | None = None
+    ) -> HTTPResponse:
+        """One small JSON exchange of the gateway's own with a backend endpoint (refresh, login,
+        logout): POST ``body`` (JSON) and take the whole answer, within ``seconds``."""
+        request = AbortableRequest(
+            url,
+            method="POST",
+            headers=HTTPHeaders({"Content-Type": "application/json", "Accept": "application/json", **(headers or {})}),
+            body=body if body is not None else b"",
+            request_timeout=seconds,
+        )
+        return await self.fetch(request)
+
     @property
     def active_fetches(self) -> int:
         """Fetches holding a client slot now: the leak check's measure."""

@@ -11,6 +11,8 @@ Routes (any method unless said otherwise):
 * ``/sse?events=N&interval=S``: N SSE events, each ``data: {"n": i, "sent": <time>}``.
 * ``/slow?delay=S``: waits S seconds before answering.
 * ``/auth/password-reset...``, ``/auth/forgot-password...``: same as ``/echo``.
+* ``POST /auth/login`` ``{"username": "ada", "password": "correct horse"}``: ``at-login`` /
+  ``rt-login`` and a ``user`` (which carries an ``api_token`` the browser must never see).
 * ``POST /auth/refresh`` ``{"refresh_token"}``: rotates: each refresh token in
   `FakeBackend.refresh_tokens` works once, for ``at-<n>`` / ``rt-<n>`` (``expires_in`` 3600);
   reuse or an unknown token is a 401. `refresh_delay` slows it down; `refresh_status` forces
@@ -114,6 +116,8 @@ class _Handler(RequestHandler):
             )
         elif path == "/auth/refresh" and self.request.method == "POST":
             await self.refresh()
+        elif path == "/auth/login" and self.request.method == "POST":
+            self.login()
         elif path == "/slow":
             await asyncio.sleep(float(self.get_query_argument("delay", "1")))
             self.json({"slow": True})
@@ -121,6 +125,15 @@ class _Handler(RequestHandler):
             self.json(self.echo())
 
     post = put = patch = delete = options = get
+
+    def login(self) -> None:
+        credentials = json.loads(self.record.body or b"{}")
+        if credentials != {"username": "ada", "password": "correct horse"}:
+            self.json({"detail": "invalid credentials"}, 401)
+            return
+        self.backend.refresh_tokens.add("rt-login")
+        user = {"id": "u-ada", "name": "Ada Lovelace", "email": "ada@example.com", "api_token": "leak-me-not"}
+        self.json({"access_token": "at-login", "refresh_token": "rt-login", "expires_in": 900, "user": user})
 
     async def refresh(self) -> None:
         backend = self.backend
