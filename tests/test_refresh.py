@@ -17,6 +17,7 @@ from tornado.httpclient import HTTPResponse
 
 from auth.jose import b64url_encode
 from auth.nextauth import NextAuthV4Codec
+from auth.refresh import parse_tokens
 from tests.conftest import LogCapture, RunningGateway
 from tests.fakes.backend import FakeBackend
 
@@ -211,3 +212,26 @@ async def test_refresh_tokens_never_reach_a_response_or_a_log_line(
         raw = response.body + str(list(response.headers.get_all())).encode()
         assert b"rt-secret" not in raw and b"rt-1" not in raw
     assert "rt-secret" not in logs.text and "rt-1" not in logs.text and "at-1" not in logs.text
+
+
+@pytest.mark.parametrize(
+    ("answer", "access", "refresh", "expires_in"),
+    [
+        ({"access_token": "a", "refresh_token": "r", "expires_in": 600}, "a", "r", 600),
+        ({"accessToken": "a", "refreshToken": "r", "accessTokenExpires": (time.time() + 600) * 1000}, "a", "r", 600),
+        ({"access_token": "a", "expires_at": time.time() + 600}, "a", "old", 600),  # no new refresh token
+        (
+            {"access_token": ".".join(("e30", b64url_encode(b'{"exp": %d}' % (time.time() + 600)), "s"))},
+            None,
+            "old",
+            600,
+        ),
+    ],
+)
+def test_refresh_answers_in_every_spelling(
+    answer: dict[str, Any], access: str | None, refresh: str, expires_in: int
+) -> None:
+    tokens = parse_tokens(answer, "old")
+    assert tokens.access_token == (access or answer["access_token"])
+    assert tokens.refresh_token == refresh
+    assert tokens.expires_at is not None and abs(tokens.expires_at - (time.time() + expires_in)) < 5

@@ -77,6 +77,7 @@ def test_defaults() -> None:
     assert s.max_body_bytes == 100 * 1024 * 1024 and s.max_json_bytes == 1024 * 1024
     assert (s.auth_refresh_path, s.refresh_leeway, s.refresh_grace) == ("/auth/refresh", 60.0, 30.0)
     assert s.session_max_age == 30 * 24 * 3600
+    assert (s.auth_login_path, s.auth_logout_path, s.previous_secrets) == ("/auth/login", None, ())
     assert s.log_level == "INFO"
     assert s.session_cookie_name == "next-auth.session-token"
 
@@ -101,6 +102,10 @@ def test_variables_and_aliases() -> None:
             "REFRESH_GRACE": "10",
             "SESSION_MAX_AGE": "3600",
             "MAX_JSON_BYTES": "4096",
+            "AUTH_LOGIN_PATH": "/session/new",
+            "AUTH_LOGOUT_PATH": "/session/end",
+            "AUTH_SECRET_1": "old-one",
+            "AUTH_SECRET_3": "oldest",
         },
         dotenv=None,
     )
@@ -116,6 +121,8 @@ def test_variables_and_aliases() -> None:
     assert (s.auth_refresh_path, s.refresh_leeway, s.refresh_grace) == ("/oauth/token", 0.0, 10.0)
     assert s.backend_endpoint(s.auth_refresh_path) == "https://api.example.com/v1/oauth/token"
     assert (s.session_max_age, s.max_json_bytes) == (3600, 1024)  # JSON never above MAX_BODY_BYTES
+    assert (s.auth_login_path, s.auth_logout_path) == ("/session/new", "/session/end")
+    assert s.session_secrets == ("from-nextauth", "old-one", "oldest")
 
 
 def test_first_name_wins_over_aliases() -> None:

@@ -13,7 +13,7 @@ import pytest
 from tornado.httpclient import HTTPResponse
 
 from auth.nextauth import NextAuthV4Codec
-from tests.conftest import RunningGateway
+from tests.conftest import LogCapture, RunningGateway
 from tests.fakes.backend import FakeBackend
 
 Fetch = Callable[..., Any]
@@ -165,3 +165,17 @@ async def test_logout_from_another_site_is_refused(gateway: RunningGateway, fetc
         headers={"Cookie": f"{NAME}={cookie}", "Sec-Fetch-Site": "cross-site"},
     )
     assert response.code == 403 and "Set-Cookie" not in response.headers
+
+
+@pytest.mark.gen_test
+async def test_no_token_reaches_a_log_line_through_login_session_and_logout(
+    gateway: RunningGateway, fetch: Fetch, logs: LogCapture
+) -> None:
+    cookie = jar(await login(fetch, gateway))[NAME].value
+    headers = {"Cookie": f"{NAME}={cookie}"}
+    await fetch(gateway.url + "/api/auth/session", headers=headers)
+    await fetch(gateway.url + "/api/auth/logout", method="POST", body=b"", headers=headers)
+    await login(fetch, gateway, b'{"username": "ada", "password": "wrong"}')
+    assert len(logs.records("gatehouse.access")) == 4
+    for secret in ("at-login", "rt-login", "leak-me-not", "correct horse", cookie):
+        assert secret not in logs.text
