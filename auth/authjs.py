@@ -31,8 +31,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from auth.jose import InvalidToken, b64url_decode, b64url_encode, json_segment
-from auth.nextauth import CLOCK_TOLERANCE, DEFAULT_MAX_AGE
+from auth.jose import InvalidToken, b64url_decode, b64url_encode, json_segment, unexpired
+from auth.nextauth import DEFAULT_MAX_AGE
 
 __all__ = ["AuthJsV5Codec"]
 
@@ -83,14 +83,7 @@ class AuthJsV5Codec:
             plaintext = self._open_gcm(aad, iv, ciphertext, tag)
         else:
             raise InvalidToken("unsupported JWE encryption")
-        claims = json_segment(plaintext)
-        exp = claims.get("exp")
-        if exp is not None:
-            if not isinstance(exp, (int, float)):
-                raise InvalidToken("exp is not a number")
-            if exp + CLOCK_TOLERANCE < (time.time() if now is None else now):
-                raise InvalidToken("session expired")
-        return claims
+        return unexpired(json_segment(plaintext), now)
 
     def _open_cbc(self, kid: object, aad: bytes, iv: bytes, ciphertext: bytes, tag: bytes) -> bytes:
         if len(iv) != 16 or len(tag) != 32 or not ciphertext or len(ciphertext) % 16:

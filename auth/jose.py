@@ -5,13 +5,27 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import time
 from typing import Any
 
-__all__ = ["InvalidToken", "b64url_decode", "b64url_encode", "json_segment"]
+__all__ = ["CLOCK_TOLERANCE", "InvalidToken", "b64url_decode", "b64url_encode", "json_segment", "unexpired"]
+
+CLOCK_TOLERANCE = 15  # seconds, as next-auth's and Auth.js's decode
 
 
 class InvalidToken(Exception):
     """A token that cannot be decoded, decrypted or trusted. Never carries the token itself."""
+
+
+def unexpired(claims: dict[str, Any], now: float | None = None) -> dict[str, Any]:
+    """``claims``, unless their ``exp`` has passed (with `CLOCK_TOLERANCE`): `InvalidToken`."""
+    exp = claims.get("exp")
+    if exp is not None:
+        if not isinstance(exp, (int, float)):
+            raise InvalidToken("exp is not a number")
+        if exp + CLOCK_TOLERANCE < (time.time() if now is None else now):
+            raise InvalidToken("session expired")
+    return claims
 
 
 def b64url_encode(data: bytes) -> str:

@@ -23,11 +23,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from auth.jose import InvalidToken, b64url_decode, b64url_encode, json_segment
+from auth.jose import InvalidToken, b64url_decode, b64url_encode, json_segment, unexpired
 
-__all__ = ["CLOCK_TOLERANCE", "NextAuthV4Codec"]
+__all__ = ["DEFAULT_MAX_AGE", "NextAuthV4Codec"]
 
-CLOCK_TOLERANCE = 15  # seconds, as next-auth's decode
 DEFAULT_MAX_AGE = 30 * 24 * 60 * 60
 _HEADER = {"alg": "dir", "enc": "A256GCM"}
 _HEADER_SEGMENT = b64url_encode(json.dumps(_HEADER, separators=(",", ":")).encode())
@@ -57,14 +56,7 @@ class NextAuthV4Codec:
             plaintext = self._aead.decrypt(iv, ciphertext + tag, parts[0].encode("ascii"))
         except (InvalidTag, UnicodeEncodeError):
             raise InvalidToken("decryption failed") from None
-        claims = json_segment(plaintext)
-        exp = claims.get("exp")
-        if exp is not None:
-            if not isinstance(exp, (int, float)):
-                raise InvalidToken("exp is not a number")
-            if exp + CLOCK_TOLERANCE < (time.time() if now is None else now):
-                raise InvalidToken("session expired")
-        return claims
+        return unexpired(json_segment(plaintext), now)
 
     def encode(self, claims: dict[str, Any], max_age: int = DEFAULT_MAX_AGE, now: float | None = None) -> str:
         """A token next-auth's own ``decode`` accepts, with fresh ``iat``/``exp``/``jti``."""

@@ -214,24 +214,26 @@ async def test_refresh_tokens_never_reach_a_response_or_a_log_line(
     assert "rt-secret" not in logs.text and "rt-1" not in logs.text and "at-1" not in logs.text
 
 
+def _jwt_expiring(at: float) -> str:
+    return ".".join(("e30", b64url_encode(b'{"exp": %d}' % at), "s"))
+
+
 @pytest.mark.parametrize(
-    ("answer", "access", "refresh", "expires_in"),
+    ("answer", "access", "refresh"),
     [
-        ({"access_token": "a", "refresh_token": "r", "expires_in": 600}, "a", "r", 600),
-        ({"accessToken": "a", "refreshToken": "r", "accessTokenExpires": (time.time() + 600) * 1000}, "a", "r", 600),
-        ({"access_token": "a", "expires_at": time.time() + 600}, "a", "old", 600),  # no new refresh token
-        (
-            {"access_token": ".".join(("e30", b64url_encode(b'{"exp": %d}' % (time.time() + 600)), "s"))},
-            None,
-            "old",
-            600,
-        ),
+        (lambda now: {"access_token": "a", "refresh_token": "r", "expires_in": 600}, "a", "r"),
+        (lambda now: {"accessToken": "a", "refreshToken": "r", "accessTokenExpires": (now + 600) * 1000}, "a", "r"),
+        (lambda now: {"access_token": "a", "expires_at": now + 600}, "a", "old"),  # no new refresh token
+        (lambda now: {"access_token": _jwt_expiring(now + 600)}, None, "old"),  # only the token's own exp
     ],
+    ids=["snake_expires_in", "camel_ms", "expires_at_keeps_refresh", "jwt_exp"],
 )
 def test_refresh_answers_in_every_spelling(
-    answer: dict[str, Any], access: str | None, refresh: str, expires_in: int
+    answer: Callable[[float], dict[str, Any]], access: str | None, refresh: str
 ) -> None:
-    tokens = parse_tokens(answer, "old")
-    assert tokens.access_token == (access or answer["access_token"])
+    now = time.time()
+    data = answer(now)
+    tokens = parse_tokens(data, "old")
+    assert tokens.access_token == (access or data["access_token"])
     assert tokens.refresh_token == refresh
-    assert tokens.expires_at is not None and abs(tokens.expires_at - (time.time() + expires_in)) < 5
+    assert tokens.expires_at is not None and abs(tokens.expires_at - (now + 600)) < 5
