@@ -237,3 +237,17 @@ def test_refresh_answers_in_every_spelling(
     assert tokens.access_token == (access or data["access_token"])
     assert tokens.refresh_token == refresh
     assert tokens.expires_at is not None and abs(tokens.expires_at - (now + 600)) < 5
+
+
+@pytest.mark.gen_test
+async def test_a_refused_refresh_connection_is_502_and_keeps_the_session(
+    start_gateway: Callable[..., RunningGateway], fetch: Fetch, codec: NextAuthV4Codec
+) -> None:
+    gateway = start_gateway("http://127.0.0.1:9")  # nothing listens: the refresh call is refused
+    response = await get(fetch, gateway, f"{NAME}={session(codec, expires_at=int(time.time()) - 10)}")
+    assert response.code == 502
+    assert json.loads(response.body) == {
+        "error": "bad_gateway",
+        "message": "The session could not be refreshed now; try again.",
+    }
+    assert "Set-Cookie" not in response.headers
