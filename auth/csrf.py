@@ -4,7 +4,8 @@ A browser attaches cookies to cross-site requests, so a request authenticated by
 also prove it came from the app's own pages. Browsers say where a request comes from in
 standard headers, checked in this order:
 
-* ``Sec-Fetch-Site``: anything but ``same-origin`` or ``none`` (typed URL, bookmark) is refused;
+* ``Sec-Fetch-Site``: anything but ``same-origin`` or ``none`` (typed URL, bookmark) is refused,
+  unless ``Origin`` is one of ``ALLOWED_ORIGINS``;
 * else ``Origin`` (``null`` included, as sandboxed frames and some redirects send it), else
   ``Referer``: its origin must be the request's own or one of ``ALLOWED_ORIGINS``.
 
@@ -61,6 +62,9 @@ class CsrfPolicy:
         if fetch_site is not None:
             if fetch_site.strip().lower() in _TRUSTED_FETCH_SITES:
                 return None
+            origin = origin_of(headers.get("Origin", ""))
+            if origin is not None and origin in self.allowed_origins:
+                return None  # another site, but one the deployment named
             return "Cross-site requests may not use the session."
         claimed = headers.get("Origin")
         if claimed is None:

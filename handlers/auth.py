@@ -25,16 +25,21 @@ from handlers.base import ApiError, BaseHandler, parse_json
 __all__ = ["LoginHandler", "LogoutHandler", "SessionHandler"]
 
 log = logging.getLogger("gatehouse")
-_USER_FIELDS = ("id", "sub", "name", "email", "image", "picture")
+_USER_FIELDS = ("id", "name", "email", "image")
 
 
 def public_user(claims: dict[str, Any]) -> dict[str, Any]:
-    """The user as the browser may see it: the backend's ``user`` object or the session's
-    profile claims, with anything token-like removed."""
-    user = claims.get("user")
-    if not isinstance(user, dict):
-        user = {"id": claims.get("sub"), **{k: claims[k] for k in ("name", "email", "image") if k in claims}}
-    return {k: v for k, v in user.items() if "token" not in k.lower() and "secret" not in k.lower()}
+    """The user as the browser may see it: profile fields only (an allow-list of scalars), from
+    the backend's ``user`` object or else the session's own claims (next-auth's ``picture``
+    becomes ``image``). Anything else, tokens nested at any depth included, stays server-side."""
+    source = claims.get("user")
+    if not isinstance(source, dict):
+        source = {"id": claims.get("sub"), "image": claims.get("picture"), **claims}
+    return {
+        k: source[k]
+        for k in _USER_FIELDS
+        if isinstance(source.get(k), (str, int, float)) and not isinstance(source.get(k), bool)
+    }
 
 
 class _AuthHandler(BaseHandler):
@@ -76,7 +81,7 @@ class LoginHandler(_AuthHandler):
             tokens = parse_tokens(data)
         except (ValueError, RefreshUnavailable):
             raise ApiError(502, "bad_gateway", "The sign-in service gave an answer gatehouse cannot use.") from None
-        user = public_user({"user": data.get("user")} if isinstance(data.get("user"), dict) else {})
+        user = public_user({"user": data["user"] if isinstance(data.get("user"), dict) else {}})
         claims: dict[str, Any] = {
             "sub": str(user.get("id") or user.get("sub") or user.get("email") or ""),
             **{k: user[k] for k in ("name", "email", "image") if k in user},

@@ -92,20 +92,22 @@ class BaseHandler(RequestHandler):
         is 401 ``session_expired``. A refresh that cannot be done now is a 502; the session is kept.
         """
         settings = self.ctx.settings
-        if session.refresh_token is None or not session.expires_within(settings.refresh_leeway):
+        # A Bearer session has nowhere to take the rotated tokens back to: refreshing it would
+        # spend its refresh token and leave the client holding a dead one (getToken does not either).
+        if session.source != "cookie" or session.refresh_token is None:
+            return session
+        if not session.expires_within(settings.refresh_leeway):
             return session
         try:
             tokens = await self.ctx.refresher.refresh(session.refresh_token)
         except RefreshRejected:
-            if session.source == "cookie":
-                self.write_session_cookie(session.format, None, session.cookie_names)
+            self.write_session_cookie(session.format, None, session.cookie_names)
             raise ApiError(401, "session_expired", "The session has expired; sign in again.") from None
         except RefreshUnavailable:
             raise ApiError(502, "bad_gateway", "The session could not be refreshed now; try again.") from None
         claims = apply_tokens(session.claims, tokens)
-        if session.source == "cookie":
-            value = session.format.codec.encode(claims, settings.session_max_age)
-            self.write_session_cookie(session.format, value, session.cookie_names)
+        value = session.format.codec.encode(claims, settings.session_max_age)
+        self.write_session_cookie(session.format, value, session.cookie_names)
         return dataclasses.replace(
             session,
             access_token=tokens.access_token,

@@ -103,6 +103,19 @@ async def test_safe_methods_are_not_checked(
 
 
 @pytest.mark.gen_test
+async def test_allowed_origins_pass_even_when_the_browser_says_cross_site(
+    backend: FakeBackend, start_gateway: Callable[..., RunningGateway], fetch: Fetch, session_cookie: Callable[..., str]
+) -> None:
+    gateway = start_gateway(backend.url, allowed_origins=frozenset({"https://app.example.com"}))
+    for site in ("same-site", "cross-site"):
+        headers = {"Cookie": session_cookie(), "Origin": "https://app.example.com", "Sec-Fetch-Site": site}
+        assert (await send(fetch, gateway, headers))[0] == 200
+        evil = {"Cookie": session_cookie(), "Origin": EVIL, "Sec-Fetch-Site": site}
+        assert (await send(fetch, gateway, evil))[0] == 403
+    assert len(backend.requests) == 2
+
+
+@pytest.mark.gen_test
 async def test_allowed_origins_are_accepted(
     backend: FakeBackend, start_gateway: Callable[..., RunningGateway], fetch: Fetch, session_cookie: Callable[..., str]
 ) -> None:

@@ -189,13 +189,17 @@ async def test_write_back_is_chunked_like_nextauth_and_clears_stale_chunks(
 
 
 @pytest.mark.gen_test
-async def test_a_bearer_session_is_refreshed_without_a_cookie(
+async def test_a_bearer_session_is_not_refreshed(
     gateway: RunningGateway, backend: FakeBackend, fetch: Fetch, codec: NextAuthV4Codec
 ) -> None:
+    """Rotated tokens could not be handed back to a Bearer client: refreshing would spend its
+    refresh token and sign it out once the grace window ends. The backend judges the token."""
     value = session(codec, expires_at=int(time.time()) - 10)
-    response = await fetch(gateway.url + "/api/proxy/echo", headers={"Authorization": f"Bearer {value}"})
-    assert response.code == 200
-    assert backend.calls("/echo")[0].header("Authorization") == "Bearer at-1"
+    for _ in range(2):
+        response = await fetch(gateway.url + "/api/proxy/echo", headers={"Authorization": f"Bearer {value}"})
+        assert response.code == 200
+    assert backend.calls("/auth/refresh") == []
+    assert [r.header("Authorization") for r in backend.calls("/echo")] == ["Bearer at-0", "Bearer at-0"]
     assert "Set-Cookie" not in response.headers
 
 
@@ -251,3 +255,17 @@ async def test_a_refused_refresh_connection_is_502_and_keeps_the_session(
         "message": "The session could not be refreshed now; try again.",
     }
     assert "Set-Cookie" not in response.headers
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan"), True, "3600"])
+def test_an_unusable_expiry_in_a_refresh_answer_is_ignored_not_a_crash(bad: object) -> None:
+    tokens = parse_tokens({"access_token": "opaque", "expires_in": bad}, "old")
+    assert tokens.expires_at is None  # nothing usable: the token's own exp (none here) decides
+
+
+@pytest.mark.gen_test
+async def test_an_infinite_expiry_from_the_backend_is_not_a_500(
+    gateway: RunningGateway, backend: FakeBackend, fetch: Fetch, codec: NextAuthV4Codec
+) -> None:
+    response = await get(fetch, gateway, f"{NAME}={session(codec, expires_at=1e400)}")
+    assert response.code == 200  # an unusable expiry is unknown, not a crash

@@ -13,6 +13,7 @@ import pytest
 from tornado.httpclient import HTTPResponse
 
 from auth.nextauth import NextAuthV4Codec
+from handlers.auth import public_user
 from tests.conftest import LogCapture, RunningGateway
 from tests.fakes.backend import FakeBackend
 
@@ -179,3 +180,21 @@ async def test_no_token_reaches_a_log_line_through_login_session_and_logout(
     assert len(logs.records("gatehouse.access")) == 4
     for secret in ("at-login", "rt-login", "leak-me-not", "correct horse", cookie):
         assert secret not in logs.text
+
+
+@pytest.mark.parametrize(
+    ("claims", "expected"),
+    [
+        (
+            {"user": {"id": "u", "name": "Ada", "account": {"access_token": "AT"}, "jwt": "eyJ", "api_token": "x"}},
+            {"id": "u", "name": "Ada"},
+        ),
+        ({"user": {"id": "u", "email": ["a@x"], "image": True}}, {"id": "u"}),
+        (  # a session made by next-auth v4: profile claims, avatar as "picture"
+            {"sub": "u", "name": "Ada", "picture": "https://x/a.png", "access_token": "AT", "refresh_token": "RT"},
+            {"id": "u", "name": "Ada", "image": "https://x/a.png"},
+        ),
+    ],
+)
+def test_the_public_user_holds_profile_fields_only(claims: dict[str, Any], expected: dict[str, Any]) -> None:
+    assert public_user(claims) == expected
