@@ -40,6 +40,15 @@ async def login(fetch: Fetch, gateway: RunningGateway, body: bytes = GOOD, **hea
     return response
 
 
+async def logout_after_login(fetch: Fetch, gateway: RunningGateway, **headers: str) -> HTTPResponse:
+    """Sign in as Ada, then POST /api/auth/logout with that session cookie (and ``headers``)."""
+    cookie = jar(await login(fetch, gateway))[NAME].value
+    response: HTTPResponse = await fetch(
+        gateway.url + "/api/auth/logout", method="POST", body=b"", headers={"Cookie": f"{NAME}={cookie}", **headers}
+    )
+    return response
+
+
 @pytest.mark.gen_test
 async def test_login_issues_a_nextauth_v4_cookie_and_answers_only_the_user(
     gateway: RunningGateway, backend: FakeBackend, fetch: Fetch, codec: NextAuthV4Codec
@@ -131,10 +140,7 @@ async def test_session_answers_the_user_and_expiry_never_a_token(
 async def test_logout_clears_the_cookie_without_a_logout_endpoint(
     gateway: RunningGateway, backend: FakeBackend, fetch: Fetch
 ) -> None:
-    cookie = jar(await login(fetch, gateway))[NAME].value
-    response = await fetch(
-        gateway.url + "/api/auth/logout", method="POST", body=b"", headers={"Cookie": f"{NAME}={cookie}"}
-    )
+    response = await logout_after_login(fetch, gateway)
     assert response.code == 200 and json.loads(response.body) == {"signed_out": True}
     cleared = jar(response)[NAME]
     assert cleared.value == "" and cleared["expires"]
@@ -146,10 +152,7 @@ async def test_logout_tells_the_configured_backend_endpoint(
     backend: FakeBackend, start_gateway: Start, fetch: Fetch
 ) -> None:
     gateway = start_gateway(backend.url, auth_logout_path="/auth/logout")
-    cookie = jar(await login(fetch, gateway))[NAME].value
-    response = await fetch(
-        gateway.url + "/api/auth/logout", method="POST", body=b"", headers={"Cookie": f"{NAME}={cookie}"}
-    )
+    response = await logout_after_login(fetch, gateway)
     assert response.code == 200
     [call] = backend.calls("/auth/logout")
     assert call.header("Authorization") == "Bearer at-login"
@@ -158,13 +161,7 @@ async def test_logout_tells_the_configured_backend_endpoint(
 
 @pytest.mark.gen_test
 async def test_logout_from_another_site_is_refused(gateway: RunningGateway, fetch: Fetch) -> None:
-    cookie = jar(await login(fetch, gateway))[NAME].value
-    response = await fetch(
-        gateway.url + "/api/auth/logout",
-        method="POST",
-        body=b"",
-        headers={"Cookie": f"{NAME}={cookie}", "Sec-Fetch-Site": "cross-site"},
-    )
+    response = await logout_after_login(fetch, gateway, **{"Sec-Fetch-Site": "cross-site"})
     assert response.code == 403 and "Set-Cookie" not in response.headers
 
 
