@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
+from auth.cookies import cookie_name
 from auth.csrf import origin_of
 
 __all__ = ["Settings", "SettingsError", "load_settings", "read_dotenv"]
@@ -80,8 +81,8 @@ class Settings:
 
     @property
     def session_cookie_name(self) -> str:
-        """next-auth v4's cookie name; the ``__Secure-`` prefix is used over https."""
-        return "__Secure-next-auth.session-token" if self.production else "next-auth.session-token"
+        """The cookie gatehouse issues (next-auth v4's, so a Next.js app can read it)."""
+        return cookie_name("next-auth.session-token", self.production)
 
 
 def read_dotenv(path: Path) -> dict[str, str]:

@@ -18,7 +18,7 @@ from typing import Any, Literal, Protocol
 from tornado.httputil import HTTPHeaders, parse_cookie
 
 from auth.authjs import AuthJsV5Codec
-from auth.cookies import AUTHJS_V5_CHUNK_SIZE, NEXTAUTH_V4_CHUNK_SIZE, names_present, read_chunked
+from auth.cookies import AUTHJS_V5_CHUNK_SIZE, NEXTAUTH_V4_CHUNK_SIZE, cookie_name, names_present, read_chunked
 from auth.jose import InvalidToken
 from auth.nextauth import NextAuthV4Codec
 from auth.refresh import access_expiry
@@ -46,8 +46,7 @@ class SessionFormat:
 
 def session_formats(secrets: tuple[str, ...], production: bool) -> tuple[SessionFormat, ...]:
     """next-auth v4 (first secret only: v4 has no rotation) and Auth.js v5 (all secrets)."""
-    prefix = "__Secure-" if production else ""
-    v4, v5 = f"{prefix}next-auth.session-token", f"{prefix}authjs.session-token"
+    v4, v5 = cookie_name("next-auth.session-token", production), cookie_name("authjs.session-token", production)
     return (
         SessionFormat(v4, NextAuthV4Codec(secrets[0]), NEXTAUTH_V4_CHUNK_SIZE),
         SessionFormat(v5, AuthJsV5Codec(secrets, v5), AUTHJS_V5_CHUNK_SIZE),
