@@ -34,6 +34,7 @@ _DEFAULT_ERRORS: dict[int, tuple[str, str]] = {
     403: ("forbidden", "This request is not allowed."),
     404: ("not_found", "No such route."),
     405: ("method_not_allowed", "This method is not allowed on this route."),
+    408: ("request_timeout", "The request body stopped arriving."),
     411: ("length_required", "This request needs a Content-Length."),
     413: ("payload_too_large", "The request body is too large."),
     502: ("bad_gateway", "The backend could not be reached or failed to answer."),
@@ -149,7 +150,7 @@ class BaseHandler(RequestHandler):
                 self.set_status(500)
         if status_code == 405:
             self.set_header("Allow", ", ".join(self.SUPPORTED_METHODS))
-        if status_code == 413:
+        if status_code in (408, 413):
             self.set_header("Connection", "close")  # the rest of the body is not read
         self.send_json({"error": code, "message": message}, status_code)
         self.finish()

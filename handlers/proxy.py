@@ -67,6 +67,8 @@ class ProxyHandler(BaseHandler):
     _buffer: bytearray | None = None
     _json = False
     _received = 0
+    _body_timer: asyncio.TimerHandle | None = None
+    _body_progress = 0.0
 
     async def prepare(self) -> None:
         try:
@@ -96,6 +98,7 @@ class ProxyHandler(BaseHandler):
         self.request.connection.set_max_body_size(_UNLIMITED)  # type: ignore[union-attr]
         if body is _Body.BUFFERED:
             self._buffer = bytearray()
+            self._watch_body()
         elif body is _Body.STREAMED:
             self._pipe = BodyPipe()
             self._streamed = asyncio.ensure_future(self._forward(None, self._pipe.produce))
@@ -121,6 +124,26 @@ class ProxyHandler(BaseHandler):
             return _Body.STREAMED, length
         return _Body.BUFFERED, length  # e.g. a chunked DELETE body: the upstream needs a length
 
+    def _watch_body(self) -> None:
+        """A buffered body has no upstream watchdog yet: end a browser that stops sending it
+        for ``STREAM_IDLE_TIMEOUT`` (the same no-progress rule as streams), or it would hold
+        this handler and its buffer for as long as it keeps the connection open."""
+        loop = asyncio.get_running_loop()
+        limit = self.ctx.settings.stream_idle_timeout
+        self._body_progress = loop.time()
+
+        def check() -> None:
+            if self._buffer is None or self._finished:
+                return  # the body arrived (or the request ended): nothing to watch
+            due = self._body_progress + limit
+            if loop.time() < due:
+                self._body_timer = loop.call_at(due, check)
+                return
+            self._buffer = None
+            self.fail(ApiError(408, "request_timeout", "The request body stopped arriving."))
+
+        self._body_timer = loop.call_at(self._body_progress + limit, check)
+
     def _limit(self) -> int:
         settings = self.ctx.settings
         return min(settings.max_json_bytes, settings.max_body_bytes) if self._json else settings.max_body_bytes
@@ -139,6 +162,7 @@ class ProxyHandler(BaseHandler):
             return self._pipe.feed(chunk)
         if self._buffer is not None:
             self._buffer += chunk
+            self._body_progress = asyncio.get_running_loop().time()
         return None
 
     async def get(self, *_: str) -> None:
@@ -182,8 +206,17 @@ class ProxyHandler(BaseHandler):
                 self._pipe.abort(StreamClosedError())
         self.outcome, self.upstream_ms = result.outcome, result.upstream_ms
 
+    def on_finish(self) -> None:
+        self._stop_watching_body()
+
+    def _stop_watching_body(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
     def on_connection_close(self) -> None:
         super().on_connection_close()  # fails Tornado's body future, so the request ends
+        self._stop_watching_body()
         if self._relay is not None and self._relay.finished:
             return  # the browser hung up after the whole answer: nothing was cut short
         self.outcome = "client_closed"

@@ -245,3 +245,29 @@ async def test_query_bytes_reach_the_backend_as_sent(
     status, _ = await raw(gateway, request + f"Cookie: {session_cookie()}\r\n\r\n".encode())
     assert status == 200
     assert backend.requests[0].query == received
+
+
+@pytest.mark.gen_test(timeout=10)
+async def test_a_client_that_stops_sending_a_buffered_body_gets_408_and_is_let_go(
+    start_gateway: Callable[..., RunningGateway], backend: FakeBackend, session_cookie: Callable[..., str]
+) -> None:
+    gateway = start_gateway(backend.url, stream_idle_timeout=0.5)
+    await asyncio.sleep(0.05)
+    tasks_before, handlers_before = len(asyncio.all_tasks()), live_handlers()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(gateway))
+    writer.write(
+        f"POST /api/proxy/items HTTP/1.1\r\nHost: x\r\nCookie: {session_cookie()}\r\n"
+        'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"partial": '.encode()
+    )
+    started = asyncio.get_running_loop().time()
+    for _ in range(3):  # progress, slowly: each piece restarts the idle clock
+        await asyncio.sleep(0.3)
+        writer.write(b" ")
+    answer = await asyncio.wait_for(reader.read(), 5)  # then silence: the gateway answers and closes
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 408") and b'"request_timeout"' in answer
+    assert asyncio.get_running_loop().time() - started > 0.9 + 0.5 - 0.1  # it waited for the slow pieces
+    assert backend.requests == []
+    await settle(lambda: len(asyncio.all_tasks()) <= tasks_before)
+    assert len(asyncio.all_tasks()) == tasks_before
+    assert live_handlers() == handlers_before
