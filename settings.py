@@ -56,7 +56,7 @@ class Settings:
     stream_idle_timeout: float = 300.0
     sse_heartbeat_interval: float = 15.0
     max_body_bytes: int = 100 * MIB
-    max_json_bytes: int = 1 * MIB  # JSON is parsed on the event loop: keep it small
+    max_json_bytes: int = 1 * MIB  # JSON is parsed on the event loop: keep it small; <= max_body_bytes
     log_level: str = "INFO"
     auth_refresh_path: str = "/auth/refresh"
     auth_login_path: str = "/auth/login"
@@ -68,6 +68,10 @@ class Settings:
     allowed_origins: frozenset[str] = frozenset()
     csrf_header_required: bool = False
     demo: bool = False  # no BACKEND_URL: `make run` starts in-process demo upstreams
+
+    def __post_init__(self) -> None:
+        # A JSON body is a body: its limit never exceeds MAX_BODY_BYTES, however built.
+        object.__setattr__(self, "max_json_bytes", min(self.max_json_bytes, self.max_body_bytes))
 
     @property
     def session_secrets(self) -> tuple[str, ...]:
@@ -147,8 +151,8 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None 
         sse_heartbeat_interval=reader.get(
             ("SSE_HEARTBEAT_INTERVAL",), _positive_float, defaults.sse_heartbeat_interval
         ),
-        max_body_bytes=(max_body := reader.get(("MAX_BODY_BYTES",), _int_in(0, 2**53), defaults.max_body_bytes)),
-        max_json_bytes=min(max_body, reader.get(("MAX_JSON_BYTES",), _int_in(0, 2**53), defaults.max_json_bytes)),
+        max_body_bytes=reader.get(("MAX_BODY_BYTES",), _int_in(0, 2**53), defaults.max_body_bytes),
+        max_json_bytes=reader.get(("MAX_JSON_BYTES",), _int_in(0, 2**53), defaults.max_json_bytes),
         log_level=reader.choice(("LOG_LEVEL",), ("DEBUG", "INFO", "WARNING", "ERROR"), defaults.log_level, upper=True),
         auth_refresh_path=reader.get(("AUTH_REFRESH_PATH",), _backend_path, defaults.auth_refresh_path),
         auth_login_path=reader.get(("AUTH_LOGIN_PATH",), _backend_path, defaults.auth_login_path),

@@ -47,11 +47,6 @@ class _AuthHandler(BaseHandler):
         super().set_default_headers()
         self.set_header("Cache-Control", "no-store")  # who is signed in is never cacheable
 
-    def check_csrf(self) -> None:
-        reason = self.ctx.csrf.violation(self.request.method or "", self.request.headers, self.request.host)
-        if reason is not None:
-            raise ApiError(403, "csrf_rejected", reason)
-
 
 class LoginHandler(_AuthHandler):
     SUPPORTED_METHODS = ("POST",)

@@ -85,6 +85,12 @@ class BaseHandler(RequestHandler):
             self.bytes_out += len(chunk)
         super().write(chunk)
 
+    def check_csrf(self) -> None:
+        """403 ``csrf_rejected`` unless this request may act on a session (auth/csrf.py)."""
+        reason = self.ctx.csrf.violation(self.request.method or "", self.request.headers, self.request.host)
+        if reason is not None:
+            raise ApiError(403, "csrf_rejected", reason)
+
     async def fresh_session(self, session: Session) -> Session:
         """``session``, refreshed first when its access token expires within
         ``REFRESH_LEEWAY`` (auth/refresh.py), the new session written back to the cookie it came in.

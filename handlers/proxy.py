@@ -84,9 +84,7 @@ class ProxyHandler(BaseHandler):
                 raise ApiError(401, "unauthorized", str(exc)) from None
             self.user = session.user
             if session.source == "cookie":  # an ambient credential: prove the request is ours
-                reason = self.ctx.csrf.violation(self.request.method or "", self.request.headers, self.request.host)
-                if reason is not None:
-                    raise ApiError(403, "csrf_rejected", reason)
+                self.check_csrf()
             token = (await self.fresh_session(session)).access_token
 
         body, length = self._plan_body()
@@ -146,7 +144,7 @@ class ProxyHandler(BaseHandler):
 
     def _limit(self) -> int:
         settings = self.ctx.settings
-        return min(settings.max_json_bytes, settings.max_body_bytes) if self._json else settings.max_body_bytes
+        return settings.max_json_bytes if self._json else settings.max_body_bytes
 
     def data_received(self, chunk: bytes) -> Awaitable[None] | None:
         self._received += len(chunk)

@@ -190,6 +190,12 @@ class Relay:
     def _flush_now(self) -> asyncio.Future[None]:
         return asyncio.ensure_future(self._handler.flush())
 
+    def _write_now(self, data: bytes) -> asyncio.Future[None]:
+        """Hand ``data`` to the browser's connection; the caller owns the flush it returns."""
+        self._handler.write(data)
+        self._last_write = self._loop.time()
+        return self._flush_now()
+
     async def _send(self, data: bytes) -> None:
         """Write and flush ``data`` after any flush in progress; one flush at a time."""
         while self._writing is not None and not self._writing.done():
@@ -199,9 +205,7 @@ class Relay:
                 break
         if self._cut:
             return  # the browser's connection was closed while this waited its turn
-        self._handler.write(data)
-        self._last_write = self._loop.time()
-        self._writing = self._flush_now()
+        self._writing = self._write_now(data)
         try:
             await self._writing
         except StreamClosedError:
@@ -278,15 +282,10 @@ class Relay:
         heartbeat_due = self._last_write + self._limits.heartbeat_interval
         writer_idle = self._writing is None or self._writing.done()
         if self._sse is not None and now >= heartbeat_due and self._sse.at_boundary and writer_idle:
-            self._writing = self._flush_heartbeat()
+            self._writing = self._write_now(comment("keep-alive"))
             heartbeat_due = now + self._limits.heartbeat_interval
         idle_due = self._last_progress + self._limits.idle_timeout
         self._arm(min(idle_due, heartbeat_due) if self._sse is not None else idle_due)
-
-    def _flush_heartbeat(self) -> asyncio.Future[None]:
-        self._handler.write(comment("keep-alive"))
-        self._last_write = self._loop.time()
-        return self._flush_now()
 
     def _guard(self, producer: BodyProducer) -> BodyProducer:
         """The request's body producer, with each upstream write counted as progress and the
