@@ -22,6 +22,7 @@ from tornado.web import Application
 from handlers.access_log import log_request
 from handlers.auth import LoginHandler, LogoutHandler, SessionHandler
 from handlers.base import NotFoundHandler
+from handlers.chat import ENDPOINTS, ChatHandler, DifyApiHandler
 from handlers.context import Context
 from handlers.health import HealthHandler, ReadyHandler
 from handlers.proxy import ProxyHandler
@@ -34,18 +35,23 @@ SHUTDOWN_GRACE_SECONDS = 10.0
 
 
 def make_app(settings: Settings, ctx: Context | None = None) -> Application:
-    """The gateway's routes, all sharing one `Context`."""
+    """The gateway's routes, all sharing one `Context`; a feature's routes only when it is
+    configured (any other path is a JSON 404)."""
     ctx = ctx or Context.build(settings)
     args: dict[str, Any] = {"ctx": ctx}
-    return Application(
-        [
+    routes: list[Any] = [(r"/healthz", HealthHandler, args), (r"/readyz", ReadyHandler, args)]
+    if ctx.backend is not None:
+        routes += [
             (r"/api/proxy/.*", ProxyHandler, args),
             (r"/api/auth/login", LoginHandler, args),
             (r"/api/auth/logout", LogoutHandler, args),
             (r"/api/auth/session", SessionHandler, args),
-            (r"/healthz", HealthHandler, args),
-            (r"/readyz", ReadyHandler, args),
-        ],
+        ]
+    if ctx.chat is not None:
+        routes.append((r"/api/chat", ChatHandler, args))
+        routes += [(path, DifyApiHandler, {**args, "endpoint": endpoint}) for path, endpoint in ENDPOINTS.items()]
+    return Application(
+        routes,
         default_handler_class=NotFoundHandler,
         default_handler_args=args,
         log_function=log_request,
@@ -127,7 +133,10 @@ async def serve(settings: Settings, loop_name: str, fd_limit: int) -> None:
             "event_loop": loop_name,
             "fd_limit": fd_limit,
             "demo": settings.demo,
-            "backend": str(settings.backend),
+            "backend": str(settings.backend) if settings.backend else None,
+            "chat": ctx.chat is not None,
+            "dify": settings.dify_api_url if ctx.chat else None,
+            "supabase_auth": settings.supabase.auth_mode if settings.supabase else None,
         },
     )
     if demo_banner:
@@ -144,7 +153,7 @@ async def serve(settings: Settings, loop_name: str, fd_limit: int) -> None:
     while ctx.upstream.active_fetches and loop.time() < deadline:  # noqa: ASYNC110 - polling a counter
         await asyncio.sleep(0.1)
     await server.close_all_connections()
-    ctx.upstream.close()
+    await ctx.close()
 
 
 def main() -> int:

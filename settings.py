@@ -6,6 +6,10 @@ with one line naming the variable, and nothing reads ``os.environ`` at request t
 
 The seed projects' variable names are accepted as aliases (``NEXT_PUBLIC_BACKEND_URL``,
 ``NEXTAUTH_SECRET``, ``AUTH_SECRET``, ``NODE_ENV``), first name winning.
+
+Features switch on with their upstream: ``BACKEND_URL`` (plus a session secret) serves
+``/api/proxy`` and ``/api/auth``; ``DIFY_API_KEY`` (plus ``SUPABASE_URL``) serves ``/api/chat``.
+With neither, and no ``SUPABASE_URL``, gatehouse runs in demo mode (development only).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import TypeVar
 from auth.cookies import cookie_name
 from auth.csrf import origin_of
 
-__all__ = ["Settings", "SettingsError", "load_settings", "read_dotenv"]
+__all__ = ["Settings", "SettingsError", "SupabaseSettings", "load_settings", "read_dotenv"]
 
 MIB = 1024 * 1024
 _T = TypeVar("_T")
@@ -41,6 +45,32 @@ class BackendURL:
 
     def __str__(self) -> str:
         return f"{self.scheme}://{self.netloc}{self.base_path}"
+
+
+@dataclasses.dataclass(frozen=True)
+class SupabaseSettings:
+    """The Supabase project whose sessions authenticate ``/api/chat``."""
+
+    url: str  # no trailing slash
+    anon_key: str | None = None
+    jwt_secret: str | None = None  # legacy HS256 projects
+    auth_mode: str = "local"  # local: verify signatures here; remote: ask Supabase (sees revocation)
+    jwt_issuer: str = ""  # ``iss`` the tokens must carry; "" means ``<url>/auth/v1``
+    user_cache_seconds: float = 30.0  # remote mode: how long a positive answer is reused
+
+    @property
+    def issuer(self) -> str:
+        return self.jwt_issuer or f"{self.url}/auth/v1"
+
+    @property
+    def jwks_url(self) -> str:
+        return f"{self.url}/auth/v1/.well-known/jwks.json"
+
+    @property
+    def cookie_name(self) -> str:
+        """``@supabase/ssr``'s default storage key: ``sb-<first label of the host>-auth-token``."""
+        host = urllib.parse.urlsplit(self.url).hostname or ""
+        return f"sb-{host.split('.')[0]}-auth-token"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +97,12 @@ class Settings:
     previous_secrets: tuple[str, ...] = ()  # AUTH_SECRET_1..3: Auth.js v5 secret rotation
     allowed_origins: frozenset[str] = frozenset()
     csrf_header_required: bool = False
-    demo: bool = False  # no BACKEND_URL: `make run` starts in-process demo upstreams
+    dify_api_url: str = "https://api.dify.ai/v1"
+    dify_api_key: str | None = None  # set: /api/chat is served
+    supabase: SupabaseSettings | None = None
+    chat_max_body_bytes: int = 256 * 1024
+    chat_rate_per_minute: int = 20  # per user; 0 turns the limit off
+    demo: bool = False  # no upstream configured: `make run` starts in-process demo upstreams
 
     def __post_init__(self) -> None:
         # A JSON body is a body: its limit never exceeds MAX_BODY_BYTES, however built.
@@ -128,10 +163,17 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None 
     production = environment == "production"
     backend = reader.get(("BACKEND_URL", "NEXT_PUBLIC_BACKEND_URL"), _parse_backend_url, None)
     secret = reader.get(("SESSION_SECRET", "NEXTAUTH_SECRET", "AUTH_SECRET"), _text, None)
-    if production and backend is None:
-        raise SettingsError("BACKEND_URL is required when ENV=production (demo mode is for development only)")
+    dify_key = reader.get(("DIFY_API_KEY",), _text, None)
+    supabase = _supabase_settings(reader)
+    demo = backend is None and dify_key is None and supabase is None
+    if production and demo:
+        raise SettingsError(
+            "BACKEND_URL (or DIFY_API_KEY) is required when ENV=production (demo mode is for development only)"
+        )
     if backend is not None and secret is None:
         raise SettingsError("SESSION_SECRET (or NEXTAUTH_SECRET / AUTH_SECRET) is required when BACKEND_URL is set")
+    if dify_key is not None and supabase is None:
+        raise SettingsError("SUPABASE_URL is required when DIFY_API_KEY is set: chat users sign in with Supabase")
 
     defaults = Settings(backend=None, session_secret=None, production=False)
     return Settings(
@@ -165,7 +207,35 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None 
         ),
         allowed_origins=reader.get(("ALLOWED_ORIGINS",), _origins, defaults.allowed_origins),
         csrf_header_required=reader.get(("CSRF_HEADER_REQUIRED",), _boolean, defaults.csrf_header_required),
-        demo=backend is None,
+        dify_api_url=reader.get(("DIFY_API_URL",), _service_url, defaults.dify_api_url),
+        dify_api_key=dify_key,
+        supabase=supabase,
+        chat_max_body_bytes=reader.get(("CHAT_MAX_BODY_BYTES",), _int_in(1024, 2**53), defaults.chat_max_body_bytes),
+        chat_rate_per_minute=reader.get(
+            ("CHAT_RATE_PER_MINUTE",), _int_in(0, 1_000_000), defaults.chat_rate_per_minute
+        ),
+        demo=demo,
+    )
+
+
+def _supabase_settings(reader: _Reader) -> SupabaseSettings | None:
+    url = reader.get(("SUPABASE_URL", "NEXT_PUBLIC_SUPABASE_URL"), _service_url, None)
+    if url is None:
+        return None
+    anon_key = reader.get(("SUPABASE_ANON_KEY", "NEXT_PUBLIC_SUPABASE_ANON_KEY"), _text, None)
+    mode = reader.choice(("SUPABASE_AUTH_MODE",), ("local", "remote"), "local")
+    if mode == "remote" and anon_key is None:
+        raise SettingsError("SUPABASE_ANON_KEY is required when SUPABASE_AUTH_MODE=remote")
+    defaults = SupabaseSettings(url=url)
+    return SupabaseSettings(
+        url=url,
+        anon_key=anon_key,
+        jwt_secret=reader.get(("SUPABASE_JWT_SECRET",), _text, None),
+        auth_mode=mode,
+        jwt_issuer=reader.get(("SUPABASE_JWT_ISSUER",), _service_url, ""),
+        user_cache_seconds=reader.get(
+            ("SUPABASE_USER_CACHE_SECONDS",), _non_negative_float, defaults.user_cache_seconds
+        ),
     )
 
 
@@ -256,6 +326,11 @@ def _path_prefixes(raw: str) -> tuple[str, ...]:
         if any(seg in ("", ".", "..") for seg in prefix.split("/")) or "?" in prefix or "%" in prefix:
             raise ValueError(f"{prefix!r} is not a plain path prefix")
     return prefixes
+
+
+def _service_url(raw: str) -> str:
+    """An upstream service's base URL (Dify, Supabase), without a trailing slash."""
+    return str(_parse_backend_url(raw))
 
 
 def _parse_backend_url(raw: str) -> BackendURL:

@@ -86,7 +86,7 @@ class LoginHandler(_AuthHandler):
         }
         if tokens.expires_at is not None:
             claims["expires_at"] = int(tokens.expires_at)
-        issued = self.ctx.sessions.formats[0]  # next-auth v4: what a Next.js app reads
+        issued = self.backend.sessions.formats[0]  # next-auth v4: what a Next.js app reads
         present = names_present(request_cookies(self.request.headers), issued.cookie_name)
         self.write_session_cookie(issued, issued.codec.encode(claims, settings.session_max_age), present)
         self.user = claims["sub"]
@@ -101,7 +101,7 @@ class LogoutHandler(_AuthHandler):
         self.check_csrf()
         session: Session | None
         try:
-            session = self.ctx.sessions.authenticate(self.request.headers)
+            session = self.backend.sessions.authenticate(self.request.headers)
             self.user = session.user
         except Unauthenticated:
             session = None
@@ -120,13 +120,13 @@ class LogoutHandler(_AuthHandler):
                 log.warning("backend logout failed", extra={"request_id": self.request_id})
         cookies = request_cookies(self.request.headers)
         cleared = False
-        for fmt in self.ctx.sessions.formats:
+        for fmt in self.backend.sessions.formats:
             present = names_present(cookies, fmt.cookie_name)
             if present:
                 self.write_session_cookie(fmt, None, present)
                 cleared = True
         if not cleared:
-            self.write_session_cookie(self.ctx.sessions.formats[0], None, ())
+            self.write_session_cookie(self.backend.sessions.formats[0], None, ())
         self.send_json({"signed_out": True})
 
 
@@ -136,7 +136,7 @@ class SessionHandler(_AuthHandler):
 
     async def get(self) -> None:
         try:
-            session = self.ctx.sessions.authenticate(self.request.headers)
+            session = self.backend.sessions.authenticate(self.request.headers)
         except Unauthenticated as exc:
             raise ApiError(401, "unauthorized", str(exc)) from None
         session = await self.fresh_session(session)  # as any use of the session would

@@ -21,7 +21,7 @@ from tornado.web import HTTPError, RequestHandler
 from auth.cookies import write_plan
 from auth.refresh import RefreshRejected, RefreshUnavailable, apply_tokens
 from auth.session import Session, SessionFormat
-from handlers.context import Context
+from handlers.context import BackendFeature, ChatFeature, Context
 
 __all__ = ["ApiError", "BaseHandler", "NotFoundHandler", "parse_json"]
 
@@ -61,6 +61,18 @@ class BaseHandler(RequestHandler):
 
     def initialize(self, ctx: Context) -> None:
         self.ctx = ctx
+
+    @property
+    def backend(self) -> BackendFeature:
+        """The backend's sessions; its routes exist only when it is configured."""
+        assert self.ctx.backend is not None
+        return self.ctx.backend
+
+    @property
+    def chat(self) -> ChatFeature:
+        """Supabase and Dify; the chat routes exist only when they are configured."""
+        assert self.ctx.chat is not None
+        return self.ctx.chat
 
     @property
     def request_id(self) -> str:
@@ -106,7 +118,7 @@ class BaseHandler(RequestHandler):
         if not session.expires_within(settings.refresh_leeway):
             return session
         try:
-            tokens = await self.ctx.refresher.refresh(session.refresh_token)
+            tokens = await self.backend.refresher.refresh(session.refresh_token)
         except RefreshRejected:
             self.write_session_cookie(session.format, None, session.cookie_names)
             raise ApiError(401, "session_expired", "The session has expired; sign in again.") from None

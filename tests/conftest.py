@@ -51,13 +51,14 @@ class RunningGateway:
     ctx: Context
     server: HTTPServer
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self.server.stop()
-        self.ctx.upstream.close()
+        await self.ctx.close()
 
 
-def test_settings(backend_url: str, **overrides: Any) -> Settings:
-    base = Settings(backend=_parse_backend_url(backend_url), session_secret=SECRET, production=False)
+def test_settings(backend_url: str | None, **overrides: Any) -> Settings:
+    backend = _parse_backend_url(backend_url) if backend_url is not None else None
+    base = Settings(backend=backend, session_secret=SECRET, production=False)
     return dataclasses.replace(base, **overrides)
 
 
@@ -68,7 +69,7 @@ test_settings.__test__ = False  # type: ignore[attr-defined]  # a helper, not a 
 def start_gateway(io_loop: Any) -> Iterator[Callable[..., RunningGateway]]:
     started: list[RunningGateway] = []
 
-    def start(backend_url: str, **overrides: Any) -> RunningGateway:
+    def start(backend_url: str | None, **overrides: Any) -> RunningGateway:
         settings = test_settings(backend_url, **overrides)
         ctx = Context.build(settings)
         server = make_server(make_app(settings, ctx), settings)
@@ -80,7 +81,7 @@ def start_gateway(io_loop: Any) -> Iterator[Callable[..., RunningGateway]]:
 
     yield start
     for running in started:
-        running.close()
+        io_loop.run_sync(running.close)
 
 
 @pytest.fixture

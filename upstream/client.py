@@ -144,15 +144,24 @@ class UpstreamClient:
         return await self._client.fetch(request, raise_error=False)
 
     async def call(
-        self, url: str, body: bytes | None, seconds: float, headers: dict[str, str] | None = None
+        self,
+        url: str,
+        body: bytes | None,
+        seconds: float,
+        headers: dict[str, str] | None = None,
+        method: str = "POST",
     ) -> HTTPResponse:
-        """One small JSON exchange of the gateway's own with a backend endpoint (refresh, login,
-        logout): POST ``body`` (JSON) and take the whole answer, within ``seconds``."""
+        """One small exchange of the gateway's own with an upstream (refresh, login, a JWKS, a
+        Dify stop): send ``body`` (JSON; ``None`` for none) and take the whole answer, within
+        ``seconds``."""
+        base = {"Accept": "application/json"}
+        if body is not None:
+            base["Content-Type"] = "application/json"
         request = AbortableRequest(
             url,
-            method="POST",
-            headers=HTTPHeaders({"Content-Type": "application/json", "Accept": "application/json", **(headers or {})}),
-            body=body if body is not None else b"",
+            method=method,
+            headers=HTTPHeaders({**base, **(headers or {})}),
+            body=body if body is not None or method == "GET" else b"",
             request_timeout=seconds,
         )
         return await self.fetch(request)

@@ -19,7 +19,12 @@ This is the only place that moves bytes from an upstream to a browser. The contr
 * A failure before the headers is raised as a `RelayError` for the handler to answer as JSON.
   A failure after them ends an SSE response with an ``error`` event and cuts any other
   response off (connection closed), so a truncated body never looks complete.
-* `cancel` (the browser went away) aborts the upstream at once, in any phase.
+* `cancel` (the browser went away) aborts the upstream at once, in any phase; `detach` instead
+  keeps reading, unseen, for a bounded time, for an upstream whose stream carries what is
+  needed to stop it properly (Dify's ``task_id``).
+* An optional `RelayObserver` may `hold <RelayObserver.hold>` an answer (the handler gets its
+  status, headers and first ``HELD_BODY_LIMIT`` bytes in `RelayResult.held` to answer in its
+  own words, nothing is relayed), and sees each batch of complete SSE events as it is relayed.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import asyncio
 import contextlib
 import dataclasses
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from tornado.httputil import HTTPHeaders, parse_response_start_line
 from tornado.iostream import StreamClosedError
@@ -38,9 +44,10 @@ from upstream.client import AbortableRequest, UpstreamAborted, UpstreamClient
 from upstream.headers import response_headers_to_relay
 from upstream.sse import EventBuffer, comment, error_event, is_event_stream
 
-__all__ = ["BodyProducer", "Relay", "RelayError", "RelayLimits", "RelayResult"]
+__all__ = ["BodyProducer", "HeldResponse", "Relay", "RelayError", "RelayLimits", "RelayObserver", "RelayResult"]
 
 STALLED_FLUSH_GRACE = 1.0  # seconds a failed stream waits for the browser to take a pending write
+HELD_BODY_LIMIT = 64 * 1024  # a held answer is read for its error code and message, not relayed
 BodyProducer = Callable[[Callable[[bytes], Awaitable[None]]], Awaitable[None]]
 
 
@@ -52,11 +59,30 @@ class RelayLimits:
 
 
 @dataclasses.dataclass(slots=True)
+class HeldResponse:
+    """An upstream answer the relay kept back for the handler (see `RelayObserver.hold`)."""
+
+    status: int
+    headers: HTTPHeaders
+    body: bytearray  # at most HELD_BODY_LIMIT bytes of it
+
+
+@dataclasses.dataclass(slots=True)
 class RelayResult:
     """What happened, for the access log."""
 
     outcome: str = "ok"  # ok | client_closed | upstream_failed | idle_timeout | request_rejected
     upstream_ms: float | None = None  # time to the upstream's response headers
+    status: int | None = None  # the upstream's final status
+    held: HeldResponse | None = None
+
+
+class RelayObserver(Protocol):
+    def hold(self, status: int) -> bool:
+        """True to keep an answer with this status from the browser, for the handler to answer."""
+
+    def on_events(self, data: bytes) -> None:
+        """Complete SSE events, as relayed (or, once detached, as read)."""
 
 
 class RelayError(Exception):
@@ -78,10 +104,17 @@ class _PassThrough(Exception):
 class Relay:
     """One relay per proxied request: `run` it once; `cancel` is for ``on_connection_close``."""
 
-    def __init__(self, handler: RequestHandler, client: UpstreamClient, limits: RelayLimits) -> None:
+    def __init__(
+        self,
+        handler: RequestHandler,
+        client: UpstreamClient,
+        limits: RelayLimits,
+        observer: RelayObserver | None = None,
+    ) -> None:
         self._handler = handler
         self._client = client
         self._limits = limits
+        self._observer = observer
         self._loop = asyncio.get_running_loop()
         self._request: AbortableRequest | None = None
         self._status_line = ""
@@ -95,6 +128,8 @@ class Relay:
         self._started = 0.0
         self._cut = False  # the relay closed the browser's connection itself
         self._failure: str | None = None  # why the gateway aborted: outcome name
+        self._held: HeldResponse | None = None
+        self._detached_until: float | None = None  # the browser is gone; read on until then
         self.result = RelayResult()
         self.finished = False  # the whole upstream response reached the browser's socket
 
@@ -132,11 +167,25 @@ class Relay:
             self._disarm()
         await self._finish()
         self.finished = self._failure is None
+        self.result.held = self._held
         return self.result
 
     def cancel(self) -> None:
         """The browser disconnected: drop the upstream request now, whatever its phase."""
         self._abort("client_closed")
+
+    def detach(self, grace: float) -> None:
+        """The browser disconnected, but keep reading the upstream (nothing is written) for up
+        to ``grace`` seconds, until it ends or `cancel` is called; the observer still sees its
+        events. For upstreams that must be told to stop, with an id only their stream carries."""
+        if self._request is None or self._failure is not None:
+            self.cancel()
+            return
+        self._detached_until = self._loop.time() + grace
+        if self._writing is not None and not self._writing.done():
+            self._writing.set_result(None)  # Tornado drops it unresolved on close (see _cut_off)
+        if self._watchdog is not None:
+            self._arm(self._watchdog.when())
 
     # -- upstream events -----------------------------------------------------------------
 
@@ -155,6 +204,10 @@ class Relay:
             return
         now = self._loop.time()
         self.result.upstream_ms = round((now - self._started) * 1000, 1)
+        self.result.status = start.code
+        if self._observer is not None and self._observer.hold(start.code):
+            self._held = HeldResponse(start.code, self._headers, bytearray())
+            return
         self._last_progress = self._last_write = now
         handler = self._handler
         for default in ("Content-Type", "Server", "Date"):
@@ -180,8 +233,15 @@ class Relay:
         self._last_progress = self._loop.time()
         if self._failure is not None:
             return
+        if self._held is not None:
+            self._held.body += chunk[: HELD_BODY_LIMIT - len(self._held.body)]
+            return
         data = self._sse.feed(chunk) if self._sse is not None else chunk
         if data:
+            if self._sse is not None and self._observer is not None:
+                self._observer.on_events(data)
+            if self._detached_until is not None:
+                return
             await self._send(data)
             self._last_progress = self._loop.time()
 
@@ -203,15 +263,18 @@ class Relay:
                 await self._writing
             except StreamClosedError:
                 break
-        if self._cut:
+        if self._cut or self._detached_until is not None:
             return  # the browser's connection was closed while this waited its turn
         self._writing = self._write_now(data)
         try:
             await self._writing
         except StreamClosedError:
-            self._abort("client_closed")
+            if self._detached_until is None:
+                self._abort("client_closed")
 
     async def _finish(self) -> None:
+        if self._detached_until is not None:
+            self._failure = self._failure or "client_closed"
         if self._failure is not None and self._writing is not None and not self._writing.done():
             # A browser that stopped reading would hold this flush, and the stream, forever.
             await asyncio.wait({self._writing}, timeout=min(STALLED_FLUSH_GRACE, self._limits.idle_timeout))
@@ -227,6 +290,8 @@ class Relay:
             if self._sse is not None:
                 rest = self._sse.drain()
                 if rest:
+                    if self._observer is not None:
+                        self._observer.on_events(rest)
                     await self._send(rest)
             return
         self.result.outcome = self._failure
@@ -258,6 +323,8 @@ class Relay:
 
     def _arm(self, when: float) -> None:
         self._disarm()
+        if self._detached_until is not None:
+            when = min(when, self._detached_until)
         self._watchdog = self._loop.call_at(when, self._on_watchdog)
 
     def _disarm(self) -> None:
@@ -268,6 +335,9 @@ class Relay:
     def _on_watchdog(self) -> None:
         self._watchdog = None
         now = self._loop.time()
+        if self._detached_until is not None and now >= self._detached_until:
+            self._abort("client_closed")
+            return
         if not self._headers_sent:
             # The clock runs from the last request-body byte sent: a slow upload is not late.
             due = self._last_progress + self._limits.response_timeout
@@ -280,7 +350,7 @@ class Relay:
             self._abort("idle_timeout")
             return
         heartbeat_due = self._last_write + self._limits.heartbeat_interval
-        writer_idle = self._writing is None or self._writing.done()
+        writer_idle = self._detached_until is None and (self._writing is None or self._writing.done())
         if self._sse is not None and now >= heartbeat_due and self._sse.at_boundary and writer_idle:
             self._writing = self._write_now(comment("keep-alive"))
             heartbeat_due = now + self._limits.heartbeat_interval

@@ -36,9 +36,7 @@ def _escape_query(query: str) -> str:
     return urllib.parse.quote(query.encode("latin-1"), safe=_QUERY_SAFE)
 
 
-def upstream_headers(
-    request: HTTPServerRequest, request_id: str, access_token: str | None, content_length: str | None
-) -> HTTPHeaders:
+def upstream_headers(request: HTTPServerRequest, request_id: str, access_token: str | None) -> HTTPHeaders:
     """The browser's forwardable headers plus what the gateway vouches for."""
     headers = HTTPHeaders()
     for name, value in request_headers_to_forward(request.headers):
@@ -49,6 +47,4 @@ def upstream_headers(
     headers["X-Forwarded-Proto"] = request.protocol
     headers["X-Forwarded-Host"] = request.host
     headers["X-Request-ID"] = request_id
-    if content_length is not None:
-        headers["Content-Length"] = content_length
     return headers

@@ -8,8 +8,10 @@ it has read: a read may end halfway through an event, and anything the gateway i
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterator
 
-__all__ = ["EventBuffer", "comment", "error_event", "is_event_stream"]
+__all__ = ["EventBuffer", "comment", "error_event", "is_event_stream", "parse_events"]
 
 # An event ends at a blank line: two line ends in a row (RFC: CRLF, LF or CR).
 _BOUNDARIES = (b"\n\n", b"\r\n\r\n", b"\r\r")
@@ -27,6 +29,30 @@ def comment(text: str) -> bytes:
 def error_event(code: str, message: str) -> bytes:
     data = json.dumps({"error": code, "message": message}, separators=(", ", ": "))
     return f"event: error\ndata: {data}\n\n".encode()
+
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+def parse_events(data: bytes) -> Iterator[tuple[str, str]]:
+    """``(event type, data)`` for each complete event in ``data``, as the SSE spec dispatches
+    them: comments skipped, ``data`` lines joined with newlines, the type ``message`` unless an
+    ``event`` line names one. For reading a stream the relay passes on, never for rewriting it."""
+    event, lines = "", list[str]()
+    for line in _LINE_END.split(data):
+        if not line:  # a blank line ends an event
+            if lines or event:
+                yield event or "message", "\n".join(lines)
+            event, lines = "", list[str]()
+            continue
+        if line.startswith(b":"):
+            continue
+        name, _, value = line.partition(b":")
+        value = value[1:] if value.startswith(b" ") else value
+        if name == b"event":
+            event = value.decode("utf-8", "replace")
+        elif name == b"data":
+            lines.append(value.decode("utf-8", "replace"))
 
 
 def _end_of_last_event(data: bytes, start: int = 0) -> int:

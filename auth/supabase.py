@@ -1,0 +1,379 @@
+"""Supabase sessions: who a chat request belongs to.
+
+A request carries a Supabase access token (a JWT) either as ``Authorization: Bearer <jwt>``
+or in the ``@supabase/ssr`` session cookie (``sb-<ref>-auth-token``, possibly split into
+``.0``, ``.1``, ... chunks, its value ``base64-<base64url JSON>`` or percent-encoded raw JSON).
+The explicit header wins over the ambient cookie.
+
+The token is then verified one of two ways (``SUPABASE_AUTH_MODE``):
+
+* ``local`` (default): the signature is checked here with PyJWT, against the project's JWKS
+  (``ES256`` / ``RS256``; fetched without blocking, cached per its ``Cache-Control``, refetched
+  once when a token names an unknown ``kid``) or ``SUPABASE_JWT_SECRET`` (legacy ``HS256``).
+* ``remote``: Supabase itself answers, through the async supabase-py client's
+  ``auth.get_user(jwt)``, which also sees signed-out and revoked sessions. Positive answers are
+  reused for ``SUPABASE_USER_CACHE_SECONDS``, never past the token's ``exp``.
+
+Either way ``exp``, ``aud`` ("authenticated") and ``iss`` (``SUPABASE_URL/auth/v1``) are checked
+here: supabase-py checks neither. Every failure of the token is `Unauthenticated` (a 401);
+Supabase being unreachable, or refusing our own configuration, is `AuthUnavailable` (a 503),
+never taken for a bad token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import dataclasses
+import hashlib
+import json
+import logging
+import re
+import time
+import urllib.parse
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Literal
+
+import jwt
+from tornado.httputil import HTTPHeaders
+
+from auth.session import Unauthenticated, request_cookies
+from settings import SupabaseSettings
+from upstream.client import UpstreamClient
+
+if TYPE_CHECKING:
+    import httpx
+    from supabase import AsyncClient
+
+__all__ = ["AuthUnavailable", "JwksCache", "SupabaseAuth", "SupabaseUser", "read_ssr_cookie"]
+
+log = logging.getLogger("gatehouse")
+
+AUDIENCE = "authenticated"
+ASYMMETRIC = frozenset(("ES256", "RS256"))
+JWKS_DEFAULT_MAX_AGE = 600.0  # when the JWKS answer says nothing (Supabase sends max-age=600)
+JWKS_MIN_MAX_AGE = 30.0  # a no-store JWKS must not mean a fetch per request
+JWKS_MAX_MAX_AGE = 24 * 3600.0
+JWKS_UNKNOWN_KID_COOLDOWN = 10.0  # tokens with made-up kids must not make us hammer Supabase
+USER_CACHE_ENTRIES = 10_000
+_SSR_COOKIE = re.compile(r"^(sb-.+-auth-token)(?:\.\d+)?$")
+_INVALID = "The session is invalid or has expired; sign in again."
+
+
+class AuthUnavailable(Exception):
+    """Supabase could not say whether the session is valid (unreachable, failing, or it refused
+    the gateway's own key). ``str(exc)`` is safe to log, never shown with a token in it."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SupabaseUser:
+    id: str  # the user's UUID (``sub``)
+    email: str | None
+    expires_at: float  # the access token's ``exp``
+    source: Literal["cookie", "bearer"]
+
+
+class SupabaseAuth:
+    """Authenticates requests with Supabase sessions; one per process."""
+
+    def __init__(self, settings: SupabaseSettings, client: UpstreamClient, timeout: float) -> None:
+        self._settings = settings
+        self._cookie_name = settings.cookie_name
+        self._local = LocalVerifier(settings, JwksCache(client, settings.jwks_url, timeout))
+        self._remote = RemoteVerifier(settings, timeout) if settings.auth_mode == "remote" else None
+
+    async def authenticate(self, headers: HTTPHeaders) -> SupabaseUser:
+        """The request's user, or `Unauthenticated` / `AuthUnavailable`."""
+        token, source = self.access_token(headers)
+        claims = unverified_claims(token, self._settings.issuer)
+        if self._remote is not None:
+            await self._remote.verify(token, claims)
+        else:
+            claims = await self._local.verify(token)
+        email = claims.get("email")
+        return SupabaseUser(
+            id=claims["sub"],
+            email=email if isinstance(email, str) and email else None,
+            expires_at=float(claims["exp"]),
+            source=source,
+        )
+
+    def access_token(self, headers: HTTPHeaders) -> tuple[str, Literal["cookie", "bearer"]]:
+        scheme, _, credentials = headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and credentials.strip():
+            return credentials.strip(), "bearer"
+        session = read_ssr_cookie(request_cookies(headers), self._cookie_name)
+        if session is None:
+            raise Unauthenticated("Sign in to continue: no session was sent.")
+        return session, "cookie"
+
+    async def close(self) -> None:
+        if self._remote is not None:
+            await self._remote.close()
+
+
+# -- the @supabase/ssr cookie ------------------------------------------------------------
+
+
+def read_ssr_cookie(cookies: Mapping[str, str], name: str) -> str | None:
+    """The access token in ``@supabase/ssr``'s session cookie ``name``; when that name is absent,
+    the only ``sb-*-auth-token`` cookie present (a custom storage key). `Unauthenticated` when a
+    cookie is there but holds no session."""
+    value = _joined(cookies, name)
+    if value is None:
+        others = {m.group(1) for key in cookies if (m := _SSR_COOKIE.match(key))}
+        if len(others) != 1:
+            return None
+        value = _joined(cookies, others.pop())
+        if value is None:
+            return None
+    return _access_token_of(value)
+
+
+def _joined(cookies: Mapping[str, str], name: str) -> str | None:
+    """As ``@supabase/ssr``'s ``combineChunks``: the whole cookie, else ``.0``, ``.1``, ...
+    up to the first gap. Each value was percent-encoded when set."""
+    whole = cookies.get(name)
+    if whole:
+        return urllib.parse.unquote(whole)
+    chunks: list[str] = []
+    while (chunk := cookies.get(f"{name}.{len(chunks)}")) is not None:
+        chunks.append(urllib.parse.unquote(chunk))
+    return "".join(chunks) if chunks else None
+
+
+def _access_token_of(value: str) -> str:
+    if value.startswith("base64-"):
+        encoded = value[len("base64-") :]
+        try:
+            value = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode("utf-8")
+        except (binascii.Error, ValueError):
+            raise Unauthenticated(_INVALID) from None
+    try:
+        session = json.loads(value)
+    except (ValueError, RecursionError):
+        raise Unauthenticated(_INVALID) from None
+    # Older auth-helpers stored [access_token, refresh_token, ...].
+    token = session.get("access_token") if isinstance(session, dict) else None
+    if token is None and isinstance(session, list) and session:
+        token = session[0]
+    if not isinstance(token, str) or not token:
+        raise Unauthenticated(_INVALID)
+    return token
+
+
+# -- verification ----------------------------------------------------------------------
+
+
+def unverified_claims(token: str, issuer: str) -> dict[str, Any]:
+    """The token's claims after the checks that need no key: shape, ``exp``, ``aud``, ``iss``
+    and a ``sub``. Trusted only once a verifier has vouched for the token."""
+    try:
+        claims = jwt.decode(
+            token,
+            options={"verify_signature": False, "require": ["exp", "sub", "aud", "iss"]},
+            audience=AUDIENCE,
+            issuer=issuer,
+        )
+    except (jwt.PyJWTError, ValueError, RecursionError):
+        raise Unauthenticated(_INVALID) from None
+    return _checked(claims)
+
+
+def _checked(claims: dict[str, Any]) -> dict[str, Any]:
+    sub = claims.get("sub")
+    if not isinstance(sub, str) or not sub or isinstance(claims.get("exp"), bool):
+        raise Unauthenticated(_INVALID)
+    return claims
+
+
+class LocalVerifier:
+    """Checks signatures here: JWKS keys for ES256 / RS256, the shared secret for HS256."""
+
+    def __init__(self, settings: SupabaseSettings, jwks: JwksCache) -> None:
+        self._issuer = settings.issuer
+        self._secret = settings.jwt_secret
+        self._jwks = jwks
+
+    async def verify(self, token: str) -> dict[str, Any]:
+        try:
+            header = jwt.get_unverified_header(token)
+        except (jwt.PyJWTError, ValueError, RecursionError):
+            raise Unauthenticated(_INVALID) from None
+        alg, kid = header.get("alg"), header.get("kid")
+        key: Any
+        if alg == "HS256" and self._secret is not None:
+            key = self._secret
+        elif alg in ASYMMETRIC and isinstance(kid, str):
+            jwk = await self._jwks.key(kid)
+            if jwk is None or jwk.algorithm_name != alg:
+                raise Unauthenticated(_INVALID)
+            key = jwk.key
+        else:  # "none", an algorithm we hold no key for, or a kid-less asymmetric token
+            raise Unauthenticated(_INVALID)
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[alg],  # the one the key is for: no algorithm confusion
+                audience=AUDIENCE,
+                issuer=self._issuer,
+                options={"require": ["exp", "sub", "aud", "iss"]},
+            )
+        except (jwt.PyJWTError, ValueError, RecursionError):
+            raise Unauthenticated(_INVALID) from None
+        return _checked(claims)
+
+
+class JwksCache:
+    """The project's signing keys by ``kid``, fetched without blocking and shared by all requests.
+
+    Keys are kept for the JWKS answer's ``max-age`` (clamped to 30 s .. 24 h). One fetch at a
+    time: concurrent requests wait for the fetch in flight. A token naming an unknown ``kid``
+    triggers one refetch (keys rotate), at most every ``JWKS_UNKNOWN_KID_COOLDOWN`` seconds.
+    When a refetch fails, keys already known are still used (stale beats down), and a
+    `AuthUnavailable` is raised only if there are none.
+    """
+
+    def __init__(self, client: UpstreamClient, url: str, timeout: float) -> None:
+        self._client = client
+        self._url = url
+        self._timeout = timeout
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._fresh_until = 0.0
+        self._fetched_at: float | None = None
+        self._unknown_kid_fetch_at = -JWKS_UNKNOWN_KID_COOLDOWN
+        self._inflight: asyncio.Future[None] | None = None
+
+    async def key(self, kid: str) -> jwt.PyJWK | None:
+        now = time.monotonic()
+        if now >= self._fresh_until:
+            await self._refresh(required=not self._keys)
+        elif kid not in self._keys and now - self._unknown_kid_fetch_at >= JWKS_UNKNOWN_KID_COOLDOWN:
+            self._unknown_kid_fetch_at = now
+            await self._refresh(required=False)
+        return self._keys.get(kid)
+
+    async def _refresh(self, required: bool) -> None:
+        if self._inflight is None:
+            self._inflight = asyncio.ensure_future(self._fetch())
+            self._inflight.add_done_callback(self._fetched)
+        try:
+            await asyncio.shield(self._inflight)
+        except AuthUnavailable:
+            if required or not self._keys:
+                raise
+            log.warning("supabase jwks refresh failed; using the keys already known")
+
+    def _fetched(self, future: asyncio.Future[None]) -> None:
+        self._inflight = None
+        if not future.cancelled():
+            future.exception()  # retrieved: each waiter handles it
+
+    async def _fetch(self) -> None:
+        try:
+            response = await self._client.call(self._url, None, self._timeout, method="GET")
+        except Exception as exc:
+            raise AuthUnavailable(f"the Supabase JWKS could not be fetched: {type(exc).__name__}") from None
+        if response.code != 200:
+            raise AuthUnavailable(f"the Supabase JWKS answered {response.code}")
+        try:
+            document = json.loads(response.body)
+            keys = {
+                k["kid"]: jwt.PyJWK(k)
+                for k in document["keys"]
+                if isinstance(k, dict) and isinstance(k.get("kid"), str) and k.get("alg", "") in ASYMMETRIC
+            }
+        except (ValueError, KeyError, TypeError, jwt.PyJWTError):
+            raise AuthUnavailable("the Supabase JWKS is not a key set") from None
+        self._keys = keys
+        self._fresh_until = time.monotonic() + _max_age(response.headers.get("Cache-Control"))
+        log.info("supabase jwks loaded", extra={"kids": sorted(keys)})
+
+
+def _max_age(cache_control: str | None) -> float:
+    seconds = JWKS_DEFAULT_MAX_AGE
+    for directive in (cache_control or "").lower().split(","):
+        name, _, value = directive.strip().partition("=")
+        if name in ("no-store", "no-cache"):
+            seconds = 0.0
+        elif name == "max-age" and value.strip().isdigit():
+            seconds = float(value.strip())
+    return min(max(seconds, JWKS_MIN_MAX_AGE), JWKS_MAX_MAX_AGE)
+
+
+class RemoteVerifier:
+    """Asks Supabase (``GET /auth/v1/user``) through one shared async supabase-py client.
+
+    Concurrent checks of one token share one call; positive answers are cached by a hash of
+    the token for ``user_cache_seconds`` and never past its ``exp``.
+    """
+
+    def __init__(self, settings: SupabaseSettings, timeout: float) -> None:
+        assert settings.anon_key is not None
+        self._url = settings.url
+        self._anon_key = settings.anon_key
+        self._timeout = timeout
+        self._cache_seconds = settings.user_cache_seconds
+        self._client: AsyncClient | None = None
+        self._http: httpx.AsyncClient | None = None
+        self._creating = asyncio.Lock()
+        self._valid: OrderedDict[bytes, float] = OrderedDict()  # token hash -> valid until
+        self._inflight: dict[bytes, asyncio.Future[None]] = {}
+
+    async def verify(self, token: str, claims: Mapping[str, Any]) -> None:
+        digest = hashlib.sha256(token.encode()).digest()
+        now = time.time()
+        until = self._valid.get(digest)
+        if until is not None and now < until:
+            return
+        inflight = self._inflight.get(digest)
+        if inflight is None:
+            inflight = self._inflight[digest] = asyncio.ensure_future(self._ask(token, claims, digest))
+            inflight.add_done_callback(lambda f: (self._inflight.pop(digest, None), f.cancelled() or f.exception()))
+        await asyncio.shield(inflight)
+
+    async def _ask(self, token: str, claims: Mapping[str, Any], digest: bytes) -> None:
+        from supabase_auth.errors import AuthApiError
+
+        client = await self._supabase()
+        try:
+            answer = await client.auth.get_user(token)
+        except AuthApiError as exc:
+            if exc.status == 401 and exc.code is None:
+                # Supabase's API gateway, not GoTrue: it refused SUPABASE_ANON_KEY, not the user.
+                log.error("supabase refused the gateway's SUPABASE_ANON_KEY")
+                raise AuthUnavailable("Supabase refused the gateway's API key") from None
+            if 400 <= exc.status < 500 and exc.status != 429:
+                raise Unauthenticated(_INVALID) from None
+            raise AuthUnavailable(f"Supabase answered {exc.status}") from None
+        except Exception as exc:  # unreachable, timed out, or an answer supabase-py cannot read
+            raise AuthUnavailable(f"Supabase could not be asked: {type(exc).__name__}") from None
+        if answer is None or answer.user.id != claims["sub"]:
+            raise Unauthenticated(_INVALID)
+        if self._cache_seconds > 0:
+            self._valid[digest] = min(time.time() + self._cache_seconds, float(claims["exp"]))
+            self._valid.move_to_end(digest)
+            while len(self._valid) > USER_CACHE_ENTRIES:
+                self._valid.popitem(last=False)
+
+    async def _supabase(self) -> AsyncClient:
+        async with self._creating:  # one shared client, however many requests arrive first
+            if self._client is None:
+                import httpx
+                from supabase import AsyncClientOptions, acreate_client
+
+                self._http = httpx.AsyncClient(timeout=self._timeout, follow_redirects=False)
+                options = AsyncClientOptions(
+                    auto_refresh_token=False,  # one client serves every user: it holds no session
+                    persist_session=False,
+                    httpx_client=self._http,
+                )
+                self._client = await acreate_client(self._url, self._anon_key, options=options)
+        return self._client
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
