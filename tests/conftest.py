@@ -7,6 +7,10 @@ Tests are coroutines run by pytest-tornado (``@pytest.mark.gen_test``) on a fres
   one with other settings or another upstream.
 * ``session_cookie(**claims)``: a next-auth v4 ``Cookie`` header for the test secret.
 * ``upstreams``: ``await upstreams(script)`` starts a scripted `RawUpstream` (tests/fakes/raw.py).
+* ``dify`` / ``supabase``: a `FakeDify` (tests/fakes/dify.py) and a `FakeSupabase`
+  (tests/fakes/supabase.py); ``chat_gateway`` is gatehouse with only the chat feature, in front
+  of both; ``start_chat_gateway(**settings)`` makes one with other settings, and
+  ``supabase_settings(**fields)`` the `SupabaseSettings` for the fake.
 * ``fetch``: an HTTP client that never raises on status and never times a stream out.
 * ``logs``: every log line gatehouse writes during the test, as formatted JSON text.
 """
@@ -29,10 +33,12 @@ from tornado.testing import bind_unused_port
 from auth.nextauth import NextAuthV4Codec
 from handlers.context import Context
 from server import configure_logging, make_app, make_server
-from settings import Settings, _parse_backend_url
+from settings import Settings, SupabaseSettings, _parse_backend_url
 from tests.fakes.backend import FakeBackend
+from tests.fakes.dify import FakeDify
 from tests.fakes.raw import RawUpstream, Script
 from tests.fakes.sse_scripts import finish_leftover_tasks
+from tests.fakes.supabase import FakeSupabase
 
 # Like server.main(): each proxied stream holds two sockets, and tests hold thousands.
 _, _HARD_FD_LIMIT = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -111,6 +117,51 @@ def backend(io_loop: Any) -> Iterator[FakeBackend]:
 @pytest.fixture
 def gateway(backend: FakeBackend, start_gateway: Callable[..., RunningGateway]) -> RunningGateway:
     return start_gateway(backend.url)
+
+
+@pytest.fixture
+def dify(io_loop: Any) -> Iterator[FakeDify]:
+    fake = FakeDify()
+    yield fake
+    io_loop.run_sync(fake.aclose)
+
+
+@pytest.fixture
+def supabase(io_loop: Any) -> Iterator[FakeSupabase]:
+    fake = FakeSupabase()
+    yield fake
+    io_loop.run_sync(fake.aclose)
+
+
+@pytest.fixture
+def supabase_settings(supabase: FakeSupabase) -> Callable[..., SupabaseSettings]:
+    """`SupabaseSettings` for the fake (local mode, with its HS256 secret), ``fields`` replaced."""
+
+    def make(**fields: Any) -> SupabaseSettings:
+        base = SupabaseSettings(url=supabase.url, anon_key=supabase.anon_key, jwt_secret=supabase.jwt_secret)
+        return dataclasses.replace(base, **fields)
+
+    return make
+
+
+@pytest.fixture
+def start_chat_gateway(
+    start_gateway: Callable[..., RunningGateway],
+    dify: FakeDify,
+    supabase_settings: Callable[..., SupabaseSettings],
+) -> Callable[..., RunningGateway]:
+    """``start_chat_gateway(supabase=..., **settings)``: gatehouse serving only ``/api/chat``."""
+
+    def start(**overrides: Any) -> RunningGateway:
+        overrides.setdefault("supabase", supabase_settings())
+        return start_gateway(None, dify_api_url=dify.url, dify_api_key=dify.api_key, **overrides)
+
+    return start
+
+
+@pytest.fixture
+def chat_gateway(start_chat_gateway: Callable[..., RunningGateway]) -> RunningGateway:
+    return start_chat_gateway()
 
 
 @pytest.fixture
