@@ -45,8 +45,11 @@ def walkthrough() -> list[tuple[str, str]]:
     return steps
 
 
+Demo = tuple[int, dict[str, str], subprocess.Popen[str]]  # port, the banner's exports, the process
+
+
 @pytest.fixture(scope="module")
-def demo() -> Iterator[tuple[int, str, subprocess.Popen[str]]]:
+def demo() -> Iterator[Demo]:
     port = free_port()
     env = {"PATH": os.environ["PATH"], "PORT": str(port)}
     proc = subprocess.Popen(
@@ -59,37 +62,36 @@ def demo() -> Iterator[tuple[int, str, subprocess.Popen[str]]]:
             lines.put(line)
 
     threading.Thread(target=pump, daemon=True).start()
-    output, cookie, deadline = [], None, time.monotonic() + 20
-    while cookie is None and time.monotonic() < deadline:
+    output, exports, deadline = [], {}, time.monotonic() + 20
+    while len(exports) < 2 and time.monotonic() < deadline:
         try:
             line = lines.get(timeout=0.5)
         except queue.Empty:
             continue
         output.append(line)
-        match = re.match(r"export GATEHOUSE_COOKIE='(.+)'$", line.strip())
+        match = re.match(r"export (GATEHOUSE_COOKIE|SUPABASE_TOKEN)='(.+)'$", line.strip())
         if match:
-            cookie = match.group(1)
-    assert cookie is not None, "".join(output)
-    yield port, cookie, proc
+            exports[match.group(1)] = match.group(2)
+    assert len(exports) == 2, "".join(output)
+    yield port, exports, proc
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=20)
 
 
-def test_demo_prints_a_cookie_and_curl_lines(demo: tuple[int, str, subprocess.Popen[str]]) -> None:
-    _, cookie, _ = demo
-    assert cookie.startswith("next-auth.session-token=")
-    assert len(walkthrough()) >= 8
+def test_demo_prints_a_cookie_a_token_and_curl_lines(demo: Demo) -> None:
+    _, exports, _ = demo
+    assert exports["GATEHOUSE_COOKIE"].startswith("next-auth.session-token=")
+    assert exports["SUPABASE_TOKEN"].count(".") == 2  # a JWT
+    assert len(walkthrough()) >= 12
 
 
 @pytest.mark.parametrize(("command", "expected"), walkthrough())
-def test_readme_walkthrough_works_verbatim(
-    demo: tuple[int, str, subprocess.Popen[str]], command: str, expected: str
-) -> None:
-    port, cookie, _ = demo
+def test_readme_walkthrough_works_verbatim(demo: Demo, command: str, expected: str) -> None:
+    port, exports, _ = demo
     result = subprocess.run(
         ["bash", "-c", command.replace("127.0.0.1:8000", f"127.0.0.1:{port}")],
         cwd=ROOT,
-        env={"PATH": os.environ["PATH"], "GATEHOUSE_COOKIE": cookie},
+        env={"PATH": os.environ["PATH"], **exports},
         capture_output=True,
         text=True,
         timeout=30,

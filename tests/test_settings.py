@@ -51,6 +51,15 @@ def start_process(env: dict[str, str], cwd: Path = ROOT) -> subprocess.Completed
         ({"REFRESH_GRACE": "a while"}, "REFRESH_GRACE"),
         ({"SESSION_MAX_AGE": "0"}, "SESSION_MAX_AGE"),
         ({"MAX_JSON_BYTES": "lots"}, "MAX_JSON_BYTES"),
+        ({"DIFY_API_KEY": "app-key"}, "SUPABASE_URL"),
+        ({"DIFY_API_KEY": "app-key", "SUPABASE_URL": "abcdef.supabase.co"}, "SUPABASE_URL"),
+        ({"SUPABASE_URL": "https://x.supabase.co", "SUPABASE_AUTH_MODE": "remote"}, "SUPABASE_ANON_KEY"),
+        ({"SUPABASE_URL": "https://x.supabase.co", "SUPABASE_AUTH_MODE": "sometimes"}, "SUPABASE_AUTH_MODE"),
+        ({"SUPABASE_URL": "https://x.supabase.co", "SUPABASE_USER_CACHE_SECONDS": "-1"}, "SUPABASE_USER_CACHE_SECONDS"),
+        ({"SUPABASE_URL": "https://x.supabase.co", "SUPABASE_JWT_ISSUER": "issuer"}, "SUPABASE_JWT_ISSUER"),
+        ({"DIFY_API_URL": "ftp://dify.example/v1"}, "DIFY_API_URL"),
+        ({"CHAT_RATE_PER_MINUTE": "-1"}, "CHAT_RATE_PER_MINUTE"),
+        ({"CHAT_MAX_BODY_BYTES": "100"}, "CHAT_MAX_BODY_BYTES"),
     ],
 )
 def test_invalid_configuration_stops_with_one_line_naming_the_variable(env: dict[str, str], variable: str) -> None:
@@ -123,6 +132,47 @@ def test_variables_and_aliases() -> None:
     assert (s.session_max_age, s.max_json_bytes) == (3600, 1024)  # JSON never above MAX_BODY_BYTES
     assert (s.auth_login_path, s.auth_logout_path) == ("/session/new", "/session/end")
     assert s.session_secrets == ("from-nextauth", "old-one", "oldest")
+
+
+def test_chat_settings() -> None:
+    s = load_settings(
+        {
+            "DIFY_API_KEY": "app-key",
+            "DIFY_API_URL": "https://dify.internal.example/v1/",
+            "NEXT_PUBLIC_SUPABASE_URL": "https://abcdefghijklmnopqrst.supabase.co/",
+            "NEXT_PUBLIC_SUPABASE_ANON_KEY": "anon",
+            "SUPABASE_JWT_SECRET": "legacy",
+            "SUPABASE_AUTH_MODE": "REMOTE",
+            "SUPABASE_USER_CACHE_SECONDS": "0",
+            "CHAT_MAX_BODY_BYTES": "2048",
+            "CHAT_RATE_PER_MINUTE": "0",
+            "ENV": "production",  # chat alone is a production deployment, not the demo
+        },
+        dotenv=None,
+    )
+    assert not s.demo and s.backend is None and s.production
+    assert (s.dify_api_url, s.dify_api_key) == ("https://dify.internal.example/v1", "app-key")
+    assert s.supabase is not None
+    assert (s.supabase.url, s.supabase.anon_key, s.supabase.jwt_secret) == (
+        "https://abcdefghijklmnopqrst.supabase.co",
+        "anon",
+        "legacy",
+    )
+    assert (s.supabase.auth_mode, s.supabase.user_cache_seconds) == ("remote", 0.0)
+    assert s.supabase.issuer == "https://abcdefghijklmnopqrst.supabase.co/auth/v1"
+    assert s.supabase.jwks_url == "https://abcdefghijklmnopqrst.supabase.co/auth/v1/.well-known/jwks.json"
+    assert s.supabase.cookie_name == "sb-abcdefghijklmnopqrst-auth-token"
+    assert (s.chat_max_body_bytes, s.chat_rate_per_minute) == (2048, 0)
+
+
+def test_chat_defaults() -> None:
+    s = load_settings({"SUPABASE_URL": "http://127.0.0.1:54321"}, dotenv=None)
+    assert not s.demo and s.dify_api_key is None  # Supabase alone: no chat, and no demo either
+    assert s.dify_api_url == "https://api.dify.ai/v1"
+    assert s.supabase is not None and s.supabase.auth_mode == "local" and s.supabase.user_cache_seconds == 30.0
+    assert s.supabase.cookie_name == "sb-127-auth-token"
+    assert (s.chat_max_body_bytes, s.chat_rate_per_minute) == (256 * 1024, 20)
+    assert load_settings({}, dotenv=None).supabase is None
 
 
 def test_first_name_wins_over_aliases() -> None:
