@@ -73,6 +73,7 @@ class SupabaseUser:
     email: str | None
     expires_at: float  # the access token's ``exp``
     source: Literal["cookie", "bearer"]
+    access_token: str = dataclasses.field(repr=False)  # verified; forwarded to the backend only
 
 
 class SupabaseAuth:
@@ -98,6 +99,7 @@ class SupabaseAuth:
             email=email if isinstance(email, str) and email else None,
             expires_at=float(claims["exp"]),
             source=source,
+            access_token=token,
         )
 
     def access_token(self, headers: HTTPHeaders) -> tuple[str, Literal["cookie", "bearer"]]:

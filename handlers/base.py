@@ -20,7 +20,8 @@ from tornado.web import HTTPError, RequestHandler
 
 from auth.cookies import write_plan
 from auth.refresh import RefreshRejected, RefreshUnavailable, apply_tokens
-from auth.session import Session, SessionFormat
+from auth.session import Session, SessionFormat, Unauthenticated
+from auth.supabase import AuthUnavailable, SupabaseUser
 from handlers.context import BackendFeature, ChatFeature, Context
 
 __all__ = ["ApiError", "BaseHandler", "NotFoundHandler", "parse_json"]
@@ -70,9 +71,28 @@ class BaseHandler(RequestHandler):
 
     @property
     def chat(self) -> ChatFeature:
-        """Supabase and Dify; the chat routes exist only when they are configured."""
+        """Dify and the rate limiter; the chat routes exist only when they are configured."""
         assert self.ctx.chat is not None
         return self.ctx.chat
+
+    async def supabase_user(self) -> SupabaseUser:
+        """The request's Supabase session (auth/supabase.py): 401 ``unauthorized`` when it has
+        none that is valid, 503 ``auth_unavailable`` when Supabase cannot say. A cookie session
+        must also pass the CSRF rule."""
+        assert self.ctx.supabase is not None
+        try:
+            user = await self.ctx.supabase.authenticate(self.request.headers)
+        except Unauthenticated as exc:
+            raise ApiError(401, "unauthorized", str(exc)) from None
+        except AuthUnavailable as exc:
+            log.warning("supabase unavailable", extra={"request_id": self.request_id, "reason": str(exc)})
+            raise ApiError(
+                503, "auth_unavailable", "Sign-in could not be checked right now; try again shortly."
+            ) from None
+        self.user = user.id
+        if user.source == "cookie":  # an ambient credential: prove the request is ours
+            self.check_csrf()
+        return user
 
     @property
     def request_id(self) -> str:

@@ -3,6 +3,8 @@
 Each feature exists only when its upstream is configured (``settings.py``): `BackendFeature`
 for ``/api/proxy`` and ``/api/auth``, `ChatFeature` for ``/api/chat``. ``server.make_app``
 registers a feature's routes only when it is present, so its handlers may rely on it.
+``supabase`` is there whenever ``SUPABASE_URL`` is: the chat's sign-in, and a second kind of
+session ``/api/proxy`` accepts.
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ class BackendFeature:
 class ChatFeature:
     """Chat in front of Dify, for users signed in with Supabase."""
 
-    supabase: SupabaseAuth
     dify: DifyClient
     limiter: RateLimiter
 
@@ -45,12 +46,16 @@ class Context:
     upstream: UpstreamClient
     relay_limits: RelayLimits
     csrf: CsrfPolicy
+    supabase: SupabaseAuth | None
     backend: BackendFeature | None
     chat: ChatFeature | None
 
     @classmethod
     def build(cls, settings: Settings) -> Context:
         upstream = UpstreamClient(connect_timeout=settings.upstream_connect_timeout)
+        supabase = None
+        if settings.supabase is not None:
+            supabase = SupabaseAuth(settings.supabase, upstream, timeout=settings.upstream_response_timeout)
         return cls(
             settings=settings,
             upstream=upstream,
@@ -64,13 +69,14 @@ class Context:
                 header_required=settings.csrf_header_required,
                 https=settings.production,
             ),
+            supabase=supabase,
             backend=_backend_feature(settings, upstream),
-            chat=_chat_feature(settings, upstream),
+            chat=_chat_feature(settings, upstream) if supabase is not None else None,
         )
 
     async def close(self) -> None:
-        if self.chat is not None:
-            await self.chat.supabase.close()
+        if self.supabase is not None:
+            await self.supabase.close()
         self.upstream.close()
 
 
@@ -91,10 +97,9 @@ def _backend_feature(settings: Settings, upstream: UpstreamClient) -> BackendFea
 
 
 def _chat_feature(settings: Settings, upstream: UpstreamClient) -> ChatFeature | None:
-    if settings.dify_api_key is None or settings.supabase is None:
+    if settings.dify_api_key is None:
         return None
     return ChatFeature(
-        supabase=SupabaseAuth(settings.supabase, upstream, timeout=settings.upstream_response_timeout),
         dify=DifyClient(settings.dify_api_url, settings.dify_api_key, upstream, settings.upstream_response_timeout),
         limiter=RateLimiter(per_minute=settings.chat_rate_per_minute),
     )

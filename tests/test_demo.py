@@ -62,7 +62,7 @@ def demo() -> Iterator[Demo]:
             lines.put(line)
 
     threading.Thread(target=pump, daemon=True).start()
-    output, exports, deadline = [], {}, time.monotonic() + 20
+    output, exports, deadline = [], dict[str, str](), time.monotonic() + 20
     while len(exports) < 2 and time.monotonic() < deadline:
         try:
             line = lines.get(timeout=0.5)
