@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint check clean
+.PHONY: run test lint check clean bench load
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,21 @@ lint: $(STAMP)
 	$(PY) -m mypy
 
 check: lint test
+
+# Peer benchmarks (docs/performance.md) and locust load tests: their own pinned tools.
+$(VENV)/.bench-installed: requirements-bench.txt $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt
+	touch $@
+
+$(VENV)/.load-installed: requirements-load.txt $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-load.txt
+	touch $@
+
+bench: $(VENV)/.bench-installed
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+load: $(VENV)/.load-installed
+	$(PY) loadtest/run.py $(LOAD_ARGS)
 
 clean:
 	rm -rf $(VENV)
