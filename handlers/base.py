@@ -44,11 +44,12 @@ _DEFAULT_ERRORS: dict[int, tuple[str, str]] = {
 
 
 class ApiError(HTTPError):
-    """An error the client gets as JSON: ``{"error": code, "message": message}``."""
+    """An error the client gets as JSON: ``{"error": code, "message": message}``, with
+    ``headers`` (e.g. ``Retry-After``): Tornado clears headers set before an error is sent."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(status)
-        self.code, self.message = code, message
+        self.code, self.message, self.headers = code, message, headers or {}
 
 
 class BaseHandler(RequestHandler):
@@ -181,6 +182,8 @@ class BaseHandler(RequestHandler):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, ApiError):
             code, message = exc.code, exc.message
+            for name, value in exc.headers.items():
+                self.set_header(name, value)
         else:
             code, message = _DEFAULT_ERRORS.get(status_code, ("internal_error", "Something went wrong on our side."))
             if status_code >= 500 and status_code not in _DEFAULT_ERRORS:

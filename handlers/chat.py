@@ -68,9 +68,8 @@ class DifyHandler(RelayingHandler):
     def answer_held(self, held: HeldResponse) -> None:
         error = dify_error(held, self.chat.dify)
         self.outcome = "dify_error"
-        if error.retry_after is not None:
-            self.set_header("Retry-After", error.retry_after)
-        self.fail(ApiError(error.status, error.code, error.message))
+        headers = {"Retry-After": error.retry_after} if error.retry_after is not None else None
+        self.fail(ApiError(error.status, error.code, error.message, headers))
 
     def with_user(self, parsed: Any) -> bytes:
         """A JSON object body with Dify's ``user`` set by the gateway."""
@@ -243,9 +242,9 @@ class ChatHandler(DifyHandler):
         await self.authenticate()
         wait = self.chat.limiter.take(self.dify_user)
         if wait is not None:
-            self.set_header("Retry-After", self.chat.limiter.retry_after(wait))
             self.outcome = "rate_limited"
-            raise ApiError(429, "rate_limited", "Too many messages; wait a moment and try again.")
+            retry_after = {"Retry-After": self.chat.limiter.retry_after(wait)}
+            raise ApiError(429, "rate_limited", "Too many messages; wait a moment and try again.", retry_after)
         dify = self.chat.dify
         return Target(dify.url("chat-messages"), dify.headers("application/json"))
 
@@ -260,7 +259,7 @@ class ChatHandler(DifyHandler):
 
     def on_events(self, data: bytes) -> None:
         for kind, payload in parse_events(data):
-            self.events += kind != "ping"
+            self.events += 1
             if self.first_event_ms is None:
                 self.first_event_ms = round(self.request.request_time() * 1000, 1)
             if kind != "message" or (self.task_id is not None and "error" not in payload):
