@@ -154,7 +154,9 @@ def start_chat_gateway(
 
     def start(**overrides: Any) -> RunningGateway:
         overrides.setdefault("supabase", supabase_settings())
-        return start_gateway(None, dify_api_url=dify.url, dify_api_key=dify.api_key, **overrides)
+        overrides.setdefault("dify_api_url", dify.url)
+        overrides.setdefault("dify_api_key", dify.api_key)
+        return start_gateway(None, **overrides)
 
     return start
 
