@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -57,6 +58,8 @@ JWKS_DEFAULT_MAX_AGE = 600.0  # when the JWKS answer says nothing (Supabase send
 JWKS_MIN_MAX_AGE = 30.0  # a no-store JWKS must not mean a fetch per request
 JWKS_MAX_MAX_AGE = 24 * 3600.0
 JWKS_UNKNOWN_KID_COOLDOWN = 10.0  # tokens with made-up kids must not make us hammer Supabase
+JWKS_TIMEOUT = 10.0  # a JWKS is small; a slow one must not hold a first request for a minute
+JWKS_RETRY_SECONDS = 30.0  # after a failed refresh, the known keys serve this long before a retry
 USER_CACHE_ENTRIES = 10_000
 _SSR_COOKIE = re.compile(r"^(sb-.+-auth-token)(?:\.\d+)?$")
 _INVALID = "The session is invalid or has expired; sign in again."
@@ -82,7 +85,8 @@ class SupabaseAuth:
     def __init__(self, settings: SupabaseSettings, client: UpstreamClient, timeout: float) -> None:
         self._settings = settings
         self._cookie_name = settings.cookie_name
-        self._local = LocalVerifier(settings, JwksCache(client, settings.jwks_url, timeout))
+        jwks_timeout = min(timeout, JWKS_TIMEOUT)
+        self._local = LocalVerifier(settings, JwksCache(client, settings.jwks_url, jwks_timeout))
         self._remote = RemoteVerifier(settings, timeout) if settings.auth_mode == "remote" else None
 
     async def authenticate(self, headers: HTTPHeaders) -> SupabaseUser:
@@ -175,7 +179,14 @@ def unverified_claims(token: str, issuer: str) -> dict[str, Any]:
     try:
         claims = jwt.decode(
             token,
-            options={"verify_signature": False, "require": ["exp", "sub", "aud", "iss"]},
+            # PyJWT skips exp/aud/iss unless told to when the signature is not verified.
+            options={
+                "verify_signature": False,
+                "verify_exp": True,
+                "verify_aud": True,
+                "verify_iss": True,
+                "require": ["exp", "sub", "aud", "iss"],
+            },
             audience=AUDIENCE,
             issuer=issuer,
         )
@@ -233,10 +244,12 @@ class JwksCache:
     """The project's signing keys by ``kid``, fetched without blocking and shared by all requests.
 
     Keys are kept for the JWKS answer's ``max-age`` (clamped to 30 s .. 24 h). One fetch at a
-    time: concurrent requests wait for the fetch in flight. A token naming an unknown ``kid``
-    triggers one refetch (keys rotate), at most every ``JWKS_UNKNOWN_KID_COOLDOWN`` seconds.
-    When a refetch fails, keys already known are still used (stale beats down), and a
-    `AuthUnavailable` is raised only if there are none.
+    time: concurrent requests wait for the fetch in flight. Once the keys are stale, a token
+    whose key is known is verified at once while they are refetched in the background (a slow
+    Supabase delays no request); a failed refetch is logged and retried after
+    ``JWKS_RETRY_SECONDS``. A token naming an unknown ``kid`` waits for one refetch (keys
+    rotate), at most every ``JWKS_UNKNOWN_KID_COOLDOWN`` seconds. `AuthUnavailable` only when
+    no key was ever loaded.
     """
 
     def __init__(self, client: UpstreamClient, url: str, timeout: float) -> None:
@@ -251,28 +264,30 @@ class JwksCache:
 
     async def key(self, kid: str) -> jwt.PyJWK | None:
         now = time.monotonic()
-        if now >= self._fresh_until:
-            await self._refresh(required=not self._keys)
-        elif kid not in self._keys and now - self._unknown_kid_fetch_at >= JWKS_UNKNOWN_KID_COOLDOWN:
+        if not self._keys:
+            await asyncio.shield(self._refresh())  # AuthUnavailable: nothing to verify with
+        elif kid in self._keys:
+            if now >= self._fresh_until:
+                self._refresh()  # stale but known: use it, refresh behind the request
+        elif now - self._unknown_kid_fetch_at >= JWKS_UNKNOWN_KID_COOLDOWN:
             self._unknown_kid_fetch_at = now
-            await self._refresh(required=False)
+            with contextlib.suppress(AuthUnavailable):  # logged in _fetched; the kid stays unknown
+                await asyncio.shield(self._refresh())
         return self._keys.get(kid)
 
-    async def _refresh(self, required: bool) -> None:
+    def _refresh(self) -> asyncio.Future[None]:
+        """The fetch in flight, started if there is none."""
         if self._inflight is None:
             self._inflight = asyncio.ensure_future(self._fetch())
             self._inflight.add_done_callback(self._fetched)
-        try:
-            await asyncio.shield(self._inflight)
-        except AuthUnavailable:
-            if required or not self._keys:
-                raise
-            log.warning("supabase jwks refresh failed; using the keys already known")
+        return self._inflight
 
     def _fetched(self, future: asyncio.Future[None]) -> None:
         self._inflight = None
-        if not future.cancelled():
-            future.exception()  # retrieved: each waiter handles it
+        error = None if future.cancelled() else future.exception()
+        if error is not None and self._keys:
+            self._fresh_until = time.monotonic() + JWKS_RETRY_SECONDS
+            log.warning("supabase jwks refresh failed; using the keys already known", extra={"reason": str(error)})
 
     async def _fetch(self) -> None:
         try:
@@ -283,13 +298,18 @@ class JwksCache:
             raise AuthUnavailable(f"the Supabase JWKS answered {response.code}")
         try:
             document = json.loads(response.body)
-            keys = {
-                k["kid"]: jwt.PyJWK(k)
-                for k in document["keys"]
-                if isinstance(k, dict) and isinstance(k.get("kid"), str) and k.get("alg", "") in ASYMMETRIC
-            }
-        except (ValueError, KeyError, TypeError, jwt.PyJWTError):
+            listed = document["keys"]
+            if not isinstance(listed, list):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
             raise AuthUnavailable("the Supabase JWKS is not a key set") from None
+        keys = {}
+        for k in listed:  # one key gatehouse cannot use must not cost it the others
+            if isinstance(k, dict) and isinstance(k.get("kid"), str) and k.get("alg", "") in ASYMMETRIC:
+                with contextlib.suppress(jwt.PyJWTError, ValueError, TypeError):
+                    keys[k["kid"]] = jwt.PyJWK(k)
+        if not keys:
+            raise AuthUnavailable("the Supabase JWKS holds no ES256 / RS256 key")
         self._keys = keys
         self._fresh_until = time.monotonic() + _max_age(response.headers.get("Cache-Control"))
         log.info("supabase jwks loaded", extra={"kids": sorted(keys)})
@@ -319,6 +339,8 @@ class RemoteVerifier:
         self._anon_key = settings.anon_key
         self._timeout = timeout
         self._cache_seconds = settings.user_cache_seconds
+        import supabase  # noqa: F401  # now, at startup: importing it takes ~0.3 s of the event loop
+
         self._client: AsyncClient | None = None
         self._http: httpx.AsyncClient | None = None
         self._creating = asyncio.Lock()

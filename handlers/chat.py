@@ -17,7 +17,6 @@ import asyncio
 import dataclasses
 import json
 import logging
-import urllib.parse
 import uuid
 from typing import Any
 
@@ -34,6 +33,14 @@ __all__ = ["ENDPOINTS", "ChatHandler", "DifyApiHandler", "Endpoint"]
 log = logging.getLogger("gatehouse")
 chat_log = logging.getLogger("gatehouse.chat")
 _background: set[asyncio.Task[Any]] = set()  # stop calls outlive their request
+
+
+def _is_uuid(value: object) -> bool:
+    """Dify's ids are UUIDs; anything else is never put into a URL."""
+    try:
+        return isinstance(value, str) and str(uuid.UUID(value)) == value.lower()
+    except ValueError:
+        return False
 
 
 def _uuid(value: object, what: str) -> str:
@@ -117,7 +124,7 @@ class DifyApiHandler(DifyHandler):
 
     async def target(self) -> Target:
         endpoint = self.endpoint
-        ids = [_uuid(urllib.parse.unquote(arg), "The id in the path") for arg in self.path_args]
+        ids = [_uuid(arg, "The id in the path") for arg in self.path_args]
         await self.authenticate()
         query = {"user": self.dify_user} if endpoint.method == "GET" else {}
         for name in endpoint.query:
@@ -134,12 +141,12 @@ class DifyApiHandler(DifyHandler):
         return Target(url, dify.headers("application/json" if endpoint.method != "GET" else None))
 
     def _form_type(self) -> str:
-        content_type = self.request.headers.get("Content-Type", "")
-        boundary = boundary_of(content_type)
+        """The Content-Type Dify gets: the gateway's own, for the boundary it checked."""
+        boundary = boundary_of(self.request.headers.get("Content-Type", ""))
         if boundary is None:
-            raise ApiError(400, "invalid_request", "Send the file as multipart/form-data.")
+            raise ApiError(400, "invalid_request", "Send the file as multipart/form-data with one valid boundary.")
         self._form = FormField(boundary, "user", self.dify_user)
-        return content_type
+        return self._form.content_type
 
     def body_limit(self) -> int:
         return self.ctx.settings.max_body_bytes if self.endpoint.multipart else self.ctx.settings.max_json_bytes
@@ -273,7 +280,7 @@ class ChatHandler(DifyHandler):
             if event.get("event") == "error":
                 code = event.get("code")
                 self.stream_error = code if isinstance(code, str) else "error"
-            if self.task_id is None and isinstance(event.get("task_id"), str):
+            if self.task_id is None and _is_uuid(event.get("task_id")):
                 self.task_id = event["task_id"]
                 if isinstance(event.get("conversation_id"), str):
                     self.conversation_id = event["conversation_id"]

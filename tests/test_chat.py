@@ -681,6 +681,26 @@ async def test_a_browser_leaving_before_the_first_event_still_stops_the_task(
 
 
 @pytest.mark.gen_test(timeout=10)
+async def test_a_detached_relay_waits_without_spinning(
+    start_chat_gateway: Callable[..., RunningGateway], dify: FakeDify, token: str
+) -> None:
+    """While the gateway reads on for the task id, its watchdog sleeps between checks. (It used to
+    re-arm itself at once, once a heartbeat was due but could not be written: a busy loop.)"""
+    gateway = start_chat_gateway(sse_heartbeat_interval=0.05)
+    dify.script = SlowStream(task_id="1a2b3c4d-5e6f-4071-8293-a4b5c6d7e8f9", hold=2.5, interval=0.1, headers_first=True)
+    client = await open_raw_chat(gateway, token, {"message": "Hi"})
+    await wait_until(lambda: bool(dify.calls(CHAT_MESSAGES)), 2)
+    client.close()
+    await asyncio.sleep(0.3)  # detached now, heartbeats long overdue
+
+    cpu, wall = time.process_time(), time.monotonic()
+    await asyncio.sleep(1.0)
+    cpu, wall = time.process_time() - cpu, time.monotonic() - wall
+    assert dify.stops == []  # still waiting for the first event
+    assert cpu < 0.3 * wall, f"{cpu:.2f} s of CPU in {wall:.2f} s of waiting"
+
+
+@pytest.mark.gen_test(timeout=10)
 async def test_a_browser_leaving_a_blocking_chat_closes_difys_connection_without_a_stop(
     chat_gateway: RunningGateway, dify: FakeDify, token: str, logs: LogCapture
 ) -> None:

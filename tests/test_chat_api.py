@@ -40,6 +40,9 @@ SOME_MESSAGE = "5a4b3c2d-1e0f-4a9b-8c7d-6e5f4a3b2c1d"
 SOME_TASK = "9c8b7a6f-5e4d-4c3b-a291-807f6e5d4c3b"
 BOUNDARY = "----gatehouseChatApiBoundary4f8e2a"
 FORM_TYPE = f"multipart/form-data; boundary={BOUNDARY}"
+DIFY_FORM_TYPE = (
+    f'multipart/form-data; boundary="{BOUNDARY}"'  # the gateway writes its own, for the boundary it checked
+)
 MIB = 1 << 20
 
 
@@ -646,7 +649,7 @@ async def test_upload_arrives_intact_with_the_gateways_user(
     assert record["size"] == len(data)
     assert record["created_by"] == dify.dify.end_user_id(USER_A)
     [asked] = dify.calls("/files/upload")
-    assert asked.header("Content-Type") == FORM_TYPE
+    assert asked.header("Content-Type") == DIFY_FORM_TYPE
     assert asked.body_size == len(gateway_user_part(USER_A)) + len(body)
     if not chunked:
         assert asked.header("Content-Length") == str(len(gateway_user_part(USER_A)) + len(body))
@@ -704,7 +707,7 @@ async def test_an_upload_is_streamed_to_dify_as_it_arrives(
     assert raw.bytes_after_head == prefix + len(body)
     head = raw.heads[0].decode("latin-1").lower()
     assert f"content-length: {prefix + len(body)}\r\n" in head
-    assert f"content-type: {FORM_TYPE.lower()}\r\n" in head
+    assert f"content-type: {DIFY_FORM_TYPE.lower()}\r\n" in head
     assert "transfer-encoding" not in head
 
 
@@ -772,6 +775,48 @@ async def test_parts_after_the_closing_delimiter_cannot_carry_a_user_field(
 
     await asyncio.sleep(0.05)
     assert USER_B not in [f.user for f in dify.files.values()], (response.code, "the file was stored as another user")
+
+
+LF_USER_PART = f'\n--{BOUNDARY}\nContent-Disposition: form-data; name="user"\n\n{USER_B}'.encode()
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize(
+    ("case", "body"),
+    [
+        # Werkzeug (Dify) takes bare LF and CR as line breaks, and unfolds folded headers.
+        ("bare LF line breaks", form(file_part(b"%PDF-1.4 mine")[:-2] + LF_USER_PART + b"\r\n")),
+        ("a folded header", form(part('form-data;\r\n name="user"', USER_B.encode()), file_part(b"%PDF-1.4"))),
+        # A preamble would run into the gateway's own part and change the user id Dify reads.
+        ("a preamble", b"-suffix\r\n" + form(file_part(b"%PDF-1.4 mine"))),
+    ],
+)
+async def test_forms_parsers_could_read_differently_are_400(
+    case: str, body: bytes, chat_gateway: RunningGateway, dify: FakeDify, supabase: FakeSupabase, fetch: Fetch
+) -> None:
+    for chunk_size in (1, 7, len(body)):
+        response = await upload(fetch, chat_gateway, bearer(supabase), body, body_producer=producer(body, chunk_size))
+        error_of(response, 400, "invalid_request")
+    assert dify.files == {}, case
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        f"multipart/form-data; boundary=fake; boundary*=utf-8''{BOUNDARY}",
+        f"multipart/form-data; boundary={BOUNDARY}; boundary=other",
+        "multipart/form-data; boundary=" + "b" * 71,
+        "multipart/form-data; boundary=bad{char}",
+    ],
+)
+async def test_content_types_parsers_could_read_differently_are_400(
+    content_type: str, chat_gateway: RunningGateway, dify: FakeDify, supabase: FakeSupabase, fetch: Fetch
+) -> None:
+    body = form(file_part(b"%PDF-1.4 mine"))
+    response = await upload(fetch, chat_gateway, {**bearer(supabase), "Content-Type": content_type}, body)
+    error_of(response, 400, "invalid_request")
+    assert dify.requests == []
 
 
 @pytest.mark.gen_test

@@ -2,10 +2,16 @@
 
 `FormField` makes the part to send ahead of the browser's body (a multipart body may begin
 with any part) and watches the browser's parts go by, so the browser cannot send a field of
-that name itself: the upstream would see two, and might believe the browser's. Only part
-headers are examined (file contents pass unread), nothing is buffered beyond one part's
-headers, and the epilogue after the close delimiter is watched too, since parsers differ on
-where a body ends.
+that name itself: the upstream would see two, and might believe the browser's.
+
+The upstream must read the body exactly as the gateway does, so the rules are strict where
+parsers differ: `boundary_of` accepts one plain ``boundary`` parameter of RFC 2046 characters
+(no ``boundary*``, no duplicates) and the upstream gets a Content-Type the gateway wrote; the
+browser's body must start with its first delimiter (no preamble to run into the gateway's
+part); delimiters are recognised after any line break (CRLF, LF or CR), folded part headers are
+unfolded, ``name*=`` is read too, and the epilogue after the close delimiter is still watched.
+Only part headers are examined: file contents pass unread, and nothing is buffered beyond one
+part's headers.
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ import urllib.parse
 __all__ = ["ForbiddenField", "FormField", "boundary_of"]
 
 MAX_PART_HEADERS = 16 * 1024
-_BOUNDARY = re.compile(r'boundary=(?:"([^"]{1,70})"|([^\s;"]{1,70}))', re.IGNORECASE)
+_BCHARS = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")  # RFC 2046 bchars
+_EOL = rb"(?:\r\n|\n|\r(?!\n))"  # a CRLF is one line break, never a CR and then an LF
+_LINE_BREAK = re.compile(_EOL)
 
 
 class ForbiddenField(ValueError):
@@ -24,30 +32,49 @@ class ForbiddenField(ValueError):
 
 
 def boundary_of(content_type: str) -> bytes | None:
-    """The boundary of a ``multipart/form-data`` Content-Type, else None (also when it names two,
-    which parsers would choose between differently)."""
-    if content_type.split(";", 1)[0].strip().lower() != "multipart/form-data":
+    """The boundary of a ``multipart/form-data`` Content-Type with exactly one plain, valid
+    ``boundary`` parameter; None for anything parsers could read differently."""
+    media, *params = content_type.split(";")
+    if media.strip().lower() != "multipart/form-data":
         return None
-    matches = _BOUNDARY.findall(content_type)
-    if len(matches) != 1:
+    boundaries = []
+    for param in params:
+        key, _, value = param.partition("=")
+        key = key.strip().lower()
+        if key.startswith("boundary"):  # boundary, and boundary* (RFC 2231): only the first is plain
+            boundaries.append((key, value.strip()))
+    if len(boundaries) != 1 or boundaries[0][0] != "boundary":
         return None
-    boundary: str = matches[0][0] or matches[0][1]
-    return boundary.encode("latin-1") if boundary.isascii() else None
+    value = boundaries[0][1]
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        value = value[1:-1]
+    return value.encode("ascii") if _BCHARS.fullmatch(value) else None
 
 
 class FormField:
     def __init__(self, boundary: bytes, name: str, value: str) -> None:
         self._name = name
-        self._delimiter = b"\r\n--" + boundary
+        self._dashes = b"--" + boundary
+        self._delimiter = re.compile(rb"(?:\r\n|\r|\n)" + re.escape(self._dashes))
         disposition = f'Content-Disposition: form-data; name="{name}"'.encode()
-        self.prefix = b"--" + boundary + b"\r\n" + disposition + b"\r\n\r\n" + value.encode() + b"\r\n"
-        self._tail = b"\r\n"  # the body's first delimiter has no line end before it: pretend one
+        self.content_type = f'multipart/form-data; boundary="{boundary.decode("ascii")}"'
+        self.prefix = self._dashes + b"\r\n" + disposition + b"\r\n\r\n" + value.encode() + b"\r\n"
+        self._tail = b""
+        self._started = False
         self._in_headers = False
 
     def check(self, chunk: bytes) -> None:
-        """Watch the next ``chunk`` of the browser's body; `ForbiddenField` if it names the field."""
+        """Watch the next ``chunk`` of the browser's body; `ForbiddenField` if it names the field
+        or does not begin with its first delimiter."""
         data = self._tail + chunk
         pos = 0
+        if not self._started:
+            if len(data) < len(self._dashes):
+                self._tail = data
+                return
+            if not data.startswith(self._dashes):
+                raise ForbiddenField("The form must begin with its first boundary.")
+            self._started, self._in_headers, pos = True, True, len(self._dashes)
         while True:
             if self._in_headers:
                 if len(data) - pos < 2:
@@ -55,26 +82,40 @@ class FormField:
                 if data.startswith(b"--", pos):  # the close delimiter: no headers follow it
                     self._in_headers, pos = False, pos + 2
                     continue
-                end = data.find(b"\r\n\r\n", pos)
+                end = _end_of_headers(data, pos)
                 if end < 0:
                     if len(data) - pos > MAX_PART_HEADERS:
                         raise ForbiddenField("A part of the form has headers that are too long.")
                     break
                 self._check_headers(data[pos:end])
-                self._in_headers, pos = False, end + 4
+                self._in_headers, pos = False, end
             else:
-                found = data.find(self._delimiter, pos)
-                if found < 0:
-                    pos = max(pos, len(data) - len(self._delimiter) + 1)
+                found = self._delimiter.search(data, pos)
+                if found is None:
+                    pos = max(pos, len(data) - len(self._dashes) - 1)
                     break
-                self._in_headers, pos = True, found + len(self._delimiter)
+                self._in_headers, pos = True, found.end()
         self._tail = data[pos:]
 
     def _check_headers(self, block: bytes) -> None:
-        for line in block.split(b"\r\n"):
+        # Unfold continuation lines (a line starting with a space or tab belongs to the one before).
+        unfolded = re.sub(_EOL + rb"[ \t]+", b" ", block)
+        for line in _LINE_BREAK.split(unfolded):
             header, _, value = line.partition(b":")
             if header.strip().lower() == b"content-disposition" and self._name in _field_names(value):
                 raise ForbiddenField(f"The form may not carry a {self._name!r} field; the gateway sets it.")
+
+
+_BLANK_LINE = re.compile(_EOL + _EOL)
+
+
+def _end_of_headers(data: bytes, pos: int) -> int:
+    """Where a part's body starts: after the blank line ending its headers; -1 if not seen yet.
+    ``pos`` is just after a delimiter, whose own line end comes first."""
+    found = _BLANK_LINE.search(data, pos)
+    if found is None or (found.end() == len(data) and data.endswith(b"\r")):
+        return -1  # a lone CR at the end may be half of a CRLF
+    return found.end()
 
 
 def _field_names(disposition: bytes) -> set[str]:

@@ -102,7 +102,8 @@ class _PassThrough(Exception):
 
 
 class Relay:
-    """One relay per proxied request: `run` it once; `cancel` is for ``on_connection_close``."""
+    """One relay per proxied request: `run` it once; when the browser goes away, `cancel` it,
+    or `detach` it to keep reading the upstream unseen for a while."""
 
     def __init__(
         self,
@@ -350,9 +351,12 @@ class Relay:
             self._abort("idle_timeout")
             return
         heartbeat_due = self._last_write + self._limits.heartbeat_interval
-        writer_idle = self._detached_until is None and (self._writing is None or self._writing.done())
-        if self._sse is not None and now >= heartbeat_due and self._sse.at_boundary and writer_idle:
-            self._writing = self._write_now(comment("keep-alive"))
+        if now >= heartbeat_due:
+            writer_idle = self._writing is None or self._writing.done()
+            if self._sse is not None and self._detached_until is None and self._sse.at_boundary and writer_idle:
+                self._writing = self._write_now(comment("keep-alive"))
+            # Written or not (mid-event, a write pending, nobody listening), the next beat is a
+            # full interval away: a due time left in the past would re-arm the timer at once.
             heartbeat_due = now + self._limits.heartbeat_interval
         idle_due = self._last_progress + self._limits.idle_timeout
         self._arm(min(idle_due, heartbeat_due) if self._sse is not None else idle_due)
