@@ -57,6 +57,7 @@ class SupabaseSettings:
     auth_mode: str = "local"  # local: verify signatures here; remote: ask Supabase (sees revocation)
     jwt_issuer: str = ""  # ``iss`` the tokens must carry; "" means ``<url>/auth/v1``
     user_cache_seconds: float = 30.0  # remote mode: how long a positive answer is reused
+    cookie: str = ""  # the @supabase/ssr cookie's name; "" means the default for ``url``
 
     @property
     def issuer(self) -> str:
@@ -68,9 +69,10 @@ class SupabaseSettings:
 
     @property
     def cookie_name(self) -> str:
-        """``@supabase/ssr``'s default storage key: ``sb-<first label of the host>-auth-token``."""
+        """``SUPABASE_COOKIE_NAME``, else ``@supabase/ssr``'s default storage key:
+        ``sb-<first label of the host>-auth-token``."""
         host = urllib.parse.urlsplit(self.url).hostname or ""
-        return f"sb-{host.split('.')[0]}-auth-token"
+        return self.cookie or f"sb-{host.split('.')[0]}-auth-token"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,6 +238,7 @@ def _supabase_settings(reader: _Reader) -> SupabaseSettings | None:
         user_cache_seconds=reader.get(
             ("SUPABASE_USER_CACHE_SECONDS",), _non_negative_float, defaults.user_cache_seconds
         ),
+        cookie=reader.get(("SUPABASE_COOKIE_NAME",), _cookie_name, ""),
     )
 
 
@@ -326,6 +329,12 @@ def _path_prefixes(raw: str) -> tuple[str, ...]:
         if any(seg in ("", ".", "..") for seg in prefix.split("/")) or "?" in prefix or "%" in prefix:
             raise ValueError(f"{prefix!r} is not a plain path prefix")
     return prefixes
+
+
+def _cookie_name(raw: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", raw):
+        raise ValueError("must be a cookie name such as sb-myapp-auth-token")
+    return raw
 
 
 def _service_url(raw: str) -> str:

@@ -30,7 +30,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import re
 import time
 import urllib.parse
 from collections import OrderedDict
@@ -61,7 +60,6 @@ JWKS_UNKNOWN_KID_COOLDOWN = 10.0  # tokens with made-up kids must not make us ha
 JWKS_TIMEOUT = 10.0  # a JWKS is small; a slow one must not hold a first request for a minute
 JWKS_RETRY_SECONDS = 30.0  # after a failed refresh, the known keys serve this long before a retry
 USER_CACHE_ENTRIES = 10_000
-_SSR_COOKIE = re.compile(r"^(sb-.+-auth-token)(?:\.\d+)?$")
 _INVALID = "The session is invalid or has expired; sign in again."
 
 
@@ -124,18 +122,11 @@ class SupabaseAuth:
 
 
 def read_ssr_cookie(cookies: Mapping[str, str], name: str) -> str | None:
-    """The access token in ``@supabase/ssr``'s session cookie ``name``; when that name is absent,
-    the only ``sb-*-auth-token`` cookie present (a custom storage key). `Unauthenticated` when a
-    cookie is there but holds no session."""
+    """The access token in ``@supabase/ssr``'s session cookie ``name``, None when there is none,
+    `Unauthenticated` when the cookie is there but holds no session. Only that name is read: a
+    cookie of another name may have been planted from a sibling subdomain (cookie tossing)."""
     value = _joined(cookies, name)
-    if value is None:
-        others = {m.group(1) for key in cookies if (m := _SSR_COOKIE.match(key))}
-        if len(others) != 1:
-            return None
-        value = _joined(cookies, others.pop())
-        if value is None:
-            return None
-    return _access_token_of(value)
+    return None if value is None else _access_token_of(value)
 
 
 def _joined(cookies: Mapping[str, str], name: str) -> str | None:
