@@ -17,10 +17,13 @@ Tests are coroutines run by pytest-tornado (``@pytest.mark.gen_test``) on a fres
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
 import resource
+import socket
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -69,6 +72,26 @@ def test_settings(backend_url: str | None, **overrides: Any) -> Settings:
 
 
 test_settings.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+
+
+def closed_port() -> int:
+    """A local port with nothing listening on it."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port: int = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
+async def wait_until(condition: Callable[[], bool], seconds: float) -> bool:
+    """Poll ``condition`` (state the fakes expose without an event) until true, for ``seconds``
+    at most; whether it became true."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
 
 
 @pytest.fixture

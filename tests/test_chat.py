@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -19,7 +18,7 @@ import pytest
 from tornado.httpclient import HTTPResponse
 
 from settings import SupabaseSettings
-from tests.conftest import LogCapture, RunningGateway
+from tests.conftest import LogCapture, RunningGateway, closed_port, wait_until
 from tests.fakes.dify import (
     CONVERSATION_ID,
     TASK_ID,
@@ -57,22 +56,6 @@ def token(supabase: FakeSupabase) -> str:
 
 def port_of(gateway: RunningGateway) -> int:
     return int(gateway.url.rsplit(":", 1)[1])
-
-
-def closed_port() -> int:
-    """A local port with nothing listening on it."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port: int = sock.getsockname()[1]
-    sock.close()
-    return port
-
-
-async def wait_until(condition: Callable[[], bool], seconds: float) -> None:
-    """Poll ``condition`` (state the fakes expose without an event) until true, for ``seconds`` at most."""
-    deadline = time.monotonic() + seconds
-    while not condition() and time.monotonic() < deadline:  # noqa: ASYNC110
-        await asyncio.sleep(0.01)
 
 
 async def chat(

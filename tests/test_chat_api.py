@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import socket
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,7 +19,7 @@ import pytest
 from tornado.httpclient import HTTPResponse
 
 from settings import SupabaseSettings
-from tests.conftest import RunningGateway
+from tests.conftest import RunningGateway, closed_port, wait_until
 from tests.fakes.backend import payload
 from tests.fakes.dify import FakeDify, SlowStream
 from tests.fakes.raw import RawUpstream, Script
@@ -55,25 +53,6 @@ def bearer(supabase: FakeSupabase, user: str = USER_A) -> dict[str, str]:
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def closed_port() -> int:
-    """A local port with nothing listening on it."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port: int = sock.getsockname()[1]
-    sock.close()
-    return port
-
-
-async def wait_until(condition: Callable[[], bool], seconds: float) -> bool:
-    """Poll ``condition`` until true, for ``seconds`` at most; whether it became true."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() >= deadline:
-            return False
-        await asyncio.sleep(0.01)
-    return True
 
 
 def error_of(response: HTTPResponse, status: int, code: str) -> dict[str, Any]:

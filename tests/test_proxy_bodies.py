@@ -10,7 +10,6 @@ import asyncio
 import dataclasses
 import hashlib
 import json
-import socket
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
@@ -20,7 +19,7 @@ import pytest
 from tornado.httpclient import HTTPResponse
 from tornado.httputil import HTTPHeaders
 
-from tests.conftest import RunningGateway
+from tests.conftest import RunningGateway, closed_port
 from tests.fakes.backend import FakeBackend, payload
 from tests.fakes.raw import RawUpstream, Script
 
@@ -559,14 +558,6 @@ async def test_chunked_body_over_the_limit_is_413_and_never_completes_upstream(
 
 
 # -- upstream failures ----------------------------------------------------------------------------
-
-
-def closed_port() -> int:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port: int = sock.getsockname()[1]
-    sock.close()
-    return port
 
 
 @pytest.mark.parametrize(

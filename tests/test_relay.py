@@ -11,13 +11,12 @@ import asyncio
 import hashlib
 import json
 import os
-import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
-from tests.conftest import RunningGateway
+from tests.conftest import RunningGateway, closed_port, wait_until
 from tests.fakes.backend import FakeBackend, payload
 from tests.fakes.raw import reset
 from tests.fakes.sse_scripts import RawClient, chunk, octet_head, sse_head
@@ -65,22 +64,6 @@ def parse_error_event(data: bytes) -> dict[str, Any]:
 def rss_bytes() -> int:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def closed_port() -> int:
-    """A local port with nothing listening on it."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port: int = sock.getsockname()[1]
-    sock.close()
-    return port
-
-
-async def wait_until(condition: Callable[[], bool], seconds: float) -> None:
-    """Poll ``condition`` (state the fakes expose without an event) until true, for ``seconds`` at most."""
-    deadline = now() + seconds
-    while not condition() and now() < deadline:  # noqa: ASYNC110
-        await asyncio.sleep(0.01)
 
 
 async def open_stream(gateway: RunningGateway, cookie: str, path: str = "/api/proxy/stream", **kw: Any) -> RawClient:
