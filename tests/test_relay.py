@@ -309,7 +309,9 @@ async def test_1000_aborted_streams_leave_no_fetch_socket_or_task_behind(
     assert during["fetches"] == streams
     assert during["tasks"] > tasks_before + streams
 
-    await wait_until(lambda: len(upstream.closed_at) == streams and len(asyncio.all_tasks()) <= tasks_before, 0.5)
+    await wait_until(
+        lambda: len(upstream.closed_at) == streams and len(asyncio.all_tasks()) <= tasks_before, 3
+    )  # prompt when idle; slack for a loaded CI box
     assert gateway.ctx.upstream.active_fetches == 0
     assert upstream.connections == streams
     assert len(upstream.closed_at) == streams
