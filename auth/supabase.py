@@ -83,18 +83,17 @@ class SupabaseAuth:
     def __init__(self, settings: SupabaseSettings, client: UpstreamClient, timeout: float) -> None:
         self._settings = settings
         self._cookie_name = settings.cookie_name
-        jwks_timeout = min(timeout, JWKS_TIMEOUT)
-        self._local = LocalVerifier(settings, JwksCache(client, settings.jwks_url, jwks_timeout))
-        self._remote = RemoteVerifier(settings, timeout) if settings.auth_mode == "remote" else None
+        self._verifier: LocalVerifier | RemoteVerifier
+        if settings.auth_mode == "remote":
+            self._verifier = RemoteVerifier(settings, timeout)
+        else:
+            jwks = JwksCache(client, settings.jwks_url, min(timeout, JWKS_TIMEOUT))
+            self._verifier = LocalVerifier(settings, jwks)
 
     async def authenticate(self, headers: HTTPHeaders) -> SupabaseUser:
         """The request's user, or `Unauthenticated` / `AuthUnavailable`."""
         token, source = self.access_token(headers)
-        claims = unverified_claims(token, self._settings.issuer)
-        if self._remote is not None:
-            await self._remote.verify(token, claims)
-        else:
-            claims = await self._local.verify(token)
+        claims = await self._verifier.verify(token)
         email = claims.get("email")
         return SupabaseUser(
             id=claims["sub"],
@@ -114,8 +113,8 @@ class SupabaseAuth:
         return session, "cookie"
 
     async def close(self) -> None:
-        if self._remote is not None:
-            await self._remote.close()
+        if isinstance(self._verifier, RemoteVerifier):
+            await self._verifier.close()
 
 
 # -- the @supabase/ssr cookie ------------------------------------------------------------
@@ -164,29 +163,30 @@ def _access_token_of(value: str) -> str:
 # -- verification ----------------------------------------------------------------------
 
 
-def unverified_claims(token: str, issuer: str) -> dict[str, Any]:
-    """The token's claims after the checks that need no key: shape, ``exp``, ``aud``, ``iss``
-    and a ``sub``. Trusted only once a verifier has vouched for the token."""
+def checked_claims(token: str, issuer: str, key: Any = None, alg: str | None = None) -> dict[str, Any]:
+    """The token's claims once ``exp``, ``aud``, ``iss`` and a ``sub`` are checked, and its
+    signature with ``key`` (for exactly ``alg``: no algorithm confusion). Without a key the
+    signature is left to Supabase (remote mode): the claims are trusted only once it has
+    vouched for the token."""
+    signed = key is not None
     try:
         claims = jwt.decode(
             token,
+            key,
+            algorithms=[alg] if alg is not None else None,
+            audience=AUDIENCE,
+            issuer=issuer,
             # PyJWT skips exp/aud/iss unless told to when the signature is not verified.
             options={
-                "verify_signature": False,
+                "verify_signature": signed,
                 "verify_exp": True,
                 "verify_aud": True,
                 "verify_iss": True,
                 "require": ["exp", "sub", "aud", "iss"],
             },
-            audience=AUDIENCE,
-            issuer=issuer,
         )
     except (jwt.PyJWTError, ValueError, RecursionError):
         raise Unauthenticated(_INVALID) from None
-    return _checked(claims)
-
-
-def _checked(claims: dict[str, Any]) -> dict[str, Any]:
     sub = claims.get("sub")
     if not isinstance(sub, str) or not sub or isinstance(claims.get("exp"), bool):
         raise Unauthenticated(_INVALID)
@@ -217,18 +217,7 @@ class LocalVerifier:
             key = jwk.key
         else:  # "none", an algorithm we hold no key for, or a kid-less asymmetric token
             raise Unauthenticated(_INVALID)
-        try:
-            claims = jwt.decode(
-                token,
-                key,
-                algorithms=[alg],  # the one the key is for: no algorithm confusion
-                audience=AUDIENCE,
-                issuer=self._issuer,
-                options={"require": ["exp", "sub", "aud", "iss"]},
-            )
-        except (jwt.PyJWTError, ValueError, RecursionError):
-            raise Unauthenticated(_INVALID) from None
-        return _checked(claims)
+        return checked_claims(token, self._issuer, key, alg)
 
 
 class JwksCache:
@@ -327,6 +316,7 @@ class RemoteVerifier:
     def __init__(self, settings: SupabaseSettings, timeout: float) -> None:
         assert settings.anon_key is not None
         self._url = settings.url
+        self._issuer = settings.issuer
         self._anon_key = settings.anon_key
         self._timeout = timeout
         self._cache_seconds = settings.user_cache_seconds
@@ -338,17 +328,20 @@ class RemoteVerifier:
         self._valid: OrderedDict[bytes, float] = OrderedDict()  # token hash -> valid until
         self._inflight: dict[bytes, asyncio.Future[None]] = {}
 
-    async def verify(self, token: str, claims: Mapping[str, Any]) -> None:
+    async def verify(self, token: str) -> dict[str, Any]:
+        """The token's claims, once Supabase has confirmed the session (or did so recently);
+        claims that fail here never cost a call."""
+        claims = checked_claims(token, self._issuer)
         digest = hashlib.sha256(token.encode()).digest()
-        now = time.time()
         until = self._valid.get(digest)
-        if until is not None and now < until:
-            return
+        if until is not None and time.time() < until:
+            return claims
         inflight = self._inflight.get(digest)
         if inflight is None:
             inflight = self._inflight[digest] = asyncio.ensure_future(self._ask(token, claims, digest))
             inflight.add_done_callback(lambda f: (self._inflight.pop(digest, None), f.cancelled() or f.exception()))
         await asyncio.shield(inflight)
+        return claims
 
     async def _ask(self, token: str, claims: Mapping[str, Any], digest: bytes) -> None:
         from supabase_auth.errors import AuthApiError

@@ -94,16 +94,16 @@ class _Protocol(asyncio.Protocol):
         self.transport.write(b"0\r\n\r\n")
 
 
-async def serve(host: str, port: int) -> None:
+async def serve(host: str, port: int, protocol: type[asyncio.Protocol] = _Protocol) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(_Protocol, host, port, backlog=4096)
+    server = await loop.create_server(protocol, host, port, backlog=4096)
     print(f"upstream listening on {host}:{port}", flush=True)
     async with server:
         await server.serve_forever()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(protocol: type[asyncio.Protocol] = _Protocol, description: str | None = None) -> None:
+    parser = argparse.ArgumentParser(description=description or __doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9100)
     args = parser.parse_args()
@@ -112,9 +112,9 @@ def main() -> None:
     try:
         import uvloop
 
-        uvloop.run(serve(args.host, args.port))
+        uvloop.run(serve(args.host, args.port, protocol))
     except ImportError:
-        asyncio.run(serve(args.host, args.port))
+        asyncio.run(serve(args.host, args.port, protocol))
 
 
 if __name__ == "__main__":

@@ -18,17 +18,16 @@ stays as issue #3 left it; the extension reuses its protocol class.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
-import resource
 import sys
 import time
 import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench import upstream
 from bench.upstream import _chunk, _Protocol
 
 __all__ = ["main"]
@@ -181,27 +180,8 @@ class _BenchProtocol(_Protocol):
         self.transport.close()
 
 
-async def serve(host: str, port: int) -> None:
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(_BenchProtocol, host, port, backlog=4096)
-    print(f"upstream listening on {host}:{port}", flush=True)
-    async with server:
-        await server.serve_forever()
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9100)
-    args = parser.parse_args()
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    try:
-        import uvloop
-
-        uvloop.run(serve(args.host, args.port))
-    except ImportError:
-        asyncio.run(serve(args.host, args.port))
+    upstream.main(_BenchProtocol, __doc__.split("\n")[0])
 
 
 if __name__ == "__main__":
