@@ -32,6 +32,9 @@ __all__ = ["main", "make_app", "make_server"]
 
 log = logging.getLogger("gatehouse")
 SHUTDOWN_GRACE_SECONDS = 10.0
+# Tornado's default of 128 pending connections resets clients when thousands of streams open at
+# once (the benchmark opens 1,000 per second); the kernel caps this at net.core.somaxconn.
+LISTEN_BACKLOG = 4096
 
 
 def make_app(settings: Settings, ctx: Context | None = None) -> Application:
@@ -124,7 +127,7 @@ async def serve(settings: Settings, loop_name: str, fd_limit: int) -> None:
         settings, demo_banner = await start_demo(settings)
     ctx = Context.build(settings)
     server = make_server(make_app(settings, ctx), settings)
-    server.listen(settings.port, settings.host)
+    server.listen(settings.port, settings.host, backlog=LISTEN_BACKLOG)
     log.info(
         "listening",
         extra={

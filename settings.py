@@ -85,6 +85,8 @@ class Settings:
     public_paths: tuple[str, ...] = ("auth/password-reset", "auth/forgot-password")
     upstream_connect_timeout: float = 10.0
     upstream_response_timeout: float = 60.0
+    upstream_keepalive_connections: int = 100  # idle connections kept per upstream origin; 0: none
+    upstream_keepalive_seconds: float = 4.0  # below the 5 s idle timeout of Node and uvicorn
     stream_idle_timeout: float = 300.0
     sse_heartbeat_interval: float = 15.0
     max_body_bytes: int = 100 * MIB
@@ -190,6 +192,12 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None 
         ),
         upstream_response_timeout=reader.get(
             ("UPSTREAM_RESPONSE_TIMEOUT",), _positive_float, defaults.upstream_response_timeout
+        ),
+        upstream_keepalive_connections=reader.get(
+            ("UPSTREAM_KEEPALIVE_CONNECTIONS",), _int_in(0, 100_000), defaults.upstream_keepalive_connections
+        ),
+        upstream_keepalive_seconds=reader.get(
+            ("UPSTREAM_KEEPALIVE_SECONDS",), _positive_float, defaults.upstream_keepalive_seconds
         ),
         stream_idle_timeout=reader.get(("STREAM_IDLE_TIMEOUT",), _positive_float, defaults.stream_idle_timeout),
         sse_heartbeat_interval=reader.get(

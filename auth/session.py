@@ -5,6 +5,9 @@ from ``.N`` chunks when split) or, when there is none, by ``Authorization: Beare
 JWE>``. Two cookie formats are read, each under its own name: next-auth v4
 (``next-auth.session-token``) and Auth.js v5 (``authjs.session-token``), with the ``__Secure-``
 prefix in production. A session remembers its format, so it is written back in the same one.
+
+Decrypted tokens are remembered for a short while (auth/session_cache.py), so a browser's
+requests do not each decrypt the same cookie; what a request is told is unchanged.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from auth.cookies import AUTHJS_V5_CHUNK_SIZE, NEXTAUTH_V4_CHUNK_SIZE, cookie_na
 from auth.jose import InvalidToken
 from auth.nextauth import NextAuthV4Codec
 from auth.refresh import access_expiry
+from auth.session_cache import DEFAULT_MAX_ENTRIES, DEFAULT_TTL, SessionCache
 
 __all__ = ["Session", "SessionFormat", "SessionReader", "Unauthenticated", "request_cookies", "session_formats"]
 
@@ -74,10 +78,20 @@ def request_cookies(headers: HTTPHeaders) -> dict[str, str]:
 
 
 class SessionReader:
-    """Reads sessions in any of ``formats``, the first format whose cookie is present winning."""
+    """Reads sessions in any of ``formats``, the first format whose cookie is present winning.
 
-    def __init__(self, formats: tuple[SessionFormat, ...]) -> None:
+    Decrypted tokens are kept in ``cache`` (`SessionCache`: ``cache_entries`` at most, each for
+    ``cache_ttl`` seconds at most and never past its ``exp``); ``cache_entries=0`` turns it off.
+    """
+
+    def __init__(
+        self,
+        formats: tuple[SessionFormat, ...],
+        cache_entries: int = DEFAULT_MAX_ENTRIES,
+        cache_ttl: float = DEFAULT_TTL,
+    ) -> None:
         self.formats = formats
+        self.cache: SessionCache | None = SessionCache(cache_entries, cache_ttl) if cache_entries > 0 else None
 
     def authenticate(self, headers: HTTPHeaders) -> Session:
         """The request's `Session`, or `Unauthenticated`."""
@@ -93,21 +107,27 @@ class SessionReader:
         token = urllib.parse.unquote(credentials.strip())
         for fmt in self.formats:
             try:
-                return _session(fmt.codec.decode(token), "bearer", fmt, ())
+                claims = self._claims(fmt, token)
             except InvalidToken:
                 continue
+            return _session(claims, "bearer", fmt, ())
         raise Unauthenticated("The session is invalid or has expired; sign in again.")
 
-    @staticmethod
-    def _decode(fmt: SessionFormat, token: str) -> dict[str, Any]:
+    def _decode(self, fmt: SessionFormat, token: str) -> Mapping[str, Any]:
         try:
-            return fmt.codec.decode(token)
+            return self._claims(fmt, token)
         except InvalidToken:
             raise Unauthenticated("The session is invalid or has expired; sign in again.") from None
 
+    def _claims(self, fmt: SessionFormat, token: str) -> Mapping[str, Any]:
+        """``token``'s claims in ``fmt`` (read-only when cached), or `InvalidToken`."""
+        if self.cache is None:
+            return fmt.codec.decode(token)
+        return self.cache.decode(fmt.cookie_name, token, fmt.codec.decode)
+
 
 def _session(
-    claims: dict[str, Any], source: Literal["cookie", "bearer"], fmt: SessionFormat, names: tuple[str, ...]
+    claims: Mapping[str, Any], source: Literal["cookie", "bearer"], fmt: SessionFormat, names: tuple[str, ...]
 ) -> Session:
     access_token = claims.get("accessToken") or claims.get("access_token")
     if not isinstance(access_token, str) or not access_token:

@@ -52,7 +52,11 @@ class Context:
 
     @classmethod
     def build(cls, settings: Settings) -> Context:
-        upstream = UpstreamClient(connect_timeout=settings.upstream_connect_timeout)
+        upstream = UpstreamClient(
+            connect_timeout=settings.upstream_connect_timeout,
+            keepalive_connections=settings.upstream_keepalive_connections,
+            keepalive_seconds=settings.upstream_keepalive_seconds,
+        )
         supabase = None
         if settings.supabase is not None:
             supabase = SupabaseAuth(settings.supabase, upstream, timeout=settings.upstream_response_timeout)

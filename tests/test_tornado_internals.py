@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import gc
 import inspect
+import socket
 import textwrap
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -66,6 +67,23 @@ def test_tornado_quirks_the_connection_subclass_corrects_are_still_there() -> No
     until_close = inspect.getsource(HTTP1Connection._read_body_until_close)
     assert "except iostream.StreamClosedError:" in until_close
     assert "self.stream.error" in inspect.getsource(upstream_client._AbortableConnection.finish)
+
+
+@pytest.mark.gen_test(timeout=5)
+async def test_the_private_names_the_connection_pool_relies_on_still_exist() -> None:
+    """``upstream/pool.py`` and the pooling half of ``_AbortableConnection``."""
+    run = inspect.getsource(_HTTPConnection.run)
+    assert "await self.tcp_client.connect(" in run  # the connector stands in for the TCPClient
+    assert '"Connection" not in self.request.headers' in run  # else Tornado sends "close"
+    assert "self.stream.close()" in inspect.getsource(_HTTPConnection._on_end_request)
+    assert inspect.iscoroutinefunction(_HTTPConnection.headers_received)
+    stream = IOStream(socket.socket())
+    try:
+        assert "_read_buffer_size" in vars(stream)  # unread bytes: out of step
+    finally:
+        stream.close()
+    # run() returns only once the answer is read to its end (the stream is free to reuse).
+    assert "await self.connection.read_response(self)" in inspect.getsource(_HTTPConnection._write_body)
 
 
 @pytest.mark.gen_test(timeout=5)

@@ -15,22 +15,31 @@ closes the socket. The same subclass makes an upstream reset fail the fetch at o
 6.6.1 leaves it hanging, or takes a reset close-delimited body for a whole one), and keeps
 Tornado from adding a ``Content-Type`` the browser never sent. ``tests/test_tornado_internals.py``
 fails loudly if an upgrade moves any of this.
+
+The same subclass keeps connections alive (``upstream/pool.py``): it asks for keep-alive,
+takes its stream from the pool when the request is safe to resend, and, once an exchange has
+ended cleanly, gives the stream back instead of closing it. A request that failed on a reused
+connection before any answer came is sent once more on a fresh one (`UpstreamClient.fetch`).
 """
 
 from __future__ import annotations
 
 import sys
+from types import TracebackType
 from typing import Any
 
 from tornado.httpclient import HTTPRequest, HTTPResponse
-from tornado.httputil import HTTPHeaders
+from tornado.httputil import HTTPHeaders, RequestStartLine, ResponseStartLine
 from tornado.simple_httpclient import SimpleAsyncHTTPClient, _HTTPConnection
+
+from upstream.pool import ConnectionPool, PooledConnector
 
 __all__ = ["AbortableRequest", "UpstreamAborted", "UpstreamClient"]
 
 # Enough that the client never queues: the real limit is file descriptors (see docs/).
 MAX_CONCURRENT_FETCHES = 1_000_000
 UNLIMITED_BODY = sys.maxsize
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # resendable, so they may reuse a connection
 
 
 class UpstreamAborted(Exception):
@@ -56,10 +65,25 @@ class AbortableRequest(HTTPRequest):
 
     _connection: _HTTPConnection | None = None
     _abort_error: BaseException | None = None
+    _failed_on_reused = False  # failed on a pooled connection before any answer: resend
+    _fresh_connection = False  # the resend: never on a pooled connection
 
     def __init__(self, url: str, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
         self._untyped = "Content-Type" not in self.headers
+
+    @property
+    def may_reuse_connection(self) -> bool:
+        return (
+            self.method in SAFE_METHODS and self.body_producer is None and not self.body and not self._fresh_connection
+        )
+
+    def take_resend(self) -> bool:
+        """True once, when the request should be sent again on a fresh connection."""
+        if not self._failed_on_reused or self._abort_error is not None:
+            return False
+        self._failed_on_reused, self._fresh_connection = False, True
+        return True
 
     def abort(self, error: BaseException) -> None:
         """Fail the fetch with ``error`` and close its connection. Idempotent; no-op once done."""
@@ -87,12 +111,65 @@ def _fail(connection: _HTTPConnection, error: BaseException) -> None:
 
 
 class _AbortableConnection(_HTTPConnection):
-    def __init__(self, client: SimpleAsyncHTTPClient | None, request: HTTPRequest, *args: Any) -> None:
+    client: _AbortableClient
+    _connector: PooledConnector | None = None
+    _http11 = False
+    _keep = False  # the exchange ended cleanly: the stream goes to the pool, not closed
+
+    def __init__(self, client: _AbortableClient, request: HTTPRequest, *args: Any) -> None:
         super().__init__(client, request, *args)
         # ``fetch`` wraps every request in a _RequestProxy that applies the client defaults.
         original = getattr(request, "request", request)
-        if isinstance(original, AbortableRequest):
-            original._attach(self)
+        self._original = original if isinstance(original, AbortableRequest) else None
+        if self._original is not None:
+            self._original._attach(self)
+
+    async def run(self) -> None:
+        # Runs after __init__ (scheduled there), so the connector is in place before connecting.
+        reuse = self._original is not None and self._original.may_reuse_connection
+        self._connector = PooledConnector(self.client.pool, self.tcp_client, reuse)
+        self.tcp_client = self._connector  # type: ignore[assignment]
+        self.request.headers.setdefault("Connection", "keep-alive")  # Tornado's default: close
+        await super().run()
+        if self._keep:
+            # Tornado is done with the stream now; an abort after the answer must not reach it.
+            stream, self.stream = self.stream, None  # type: ignore[assignment]
+            self._connector.give_back(stream)
+
+    async def headers_received(self, first_line: RequestStartLine | ResponseStartLine, headers: HTTPHeaders) -> None:
+        self._http11 = first_line.version == "HTTP/1.1"
+        await super().headers_received(first_line, headers)
+
+    def _on_end_request(self) -> None:
+        if self._reusable():
+            self._keep = True
+        else:
+            self.stream.close()
+
+    def _reusable(self) -> bool:
+        """The answer ended where its framing said (a close-delimited body ends with the stream)
+        and the upstream did not ask to close."""
+        connection = self.headers.get("Connection", "") if self.headers is not None else "close"
+        return (
+            self._http11
+            and "close" not in connection.lower()
+            and not self.stream.closed()
+            and self._connector is not None
+            and self.client.pool.max_idle > 0
+        )
+
+    def _handle_exception(
+        self, typ: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        if (
+            self.final_callback is not None
+            and self.code is None
+            and self._connector is not None
+            and self._connector.reused
+            and self._original is not None
+        ):
+            self._original._failed_on_reused = True  # a stale keep-alive connection: resend
+        return super()._handle_exception(typ, value, tb)
 
     def on_connection_close(self) -> None:
         # Tornado raises the stream's error (a reset) from inside the close callback, where it
@@ -114,16 +191,27 @@ class _AbortableConnection(_HTTPConnection):
 
 
 class _AbortableClient(SimpleAsyncHTTPClient):
+    def initialize(self, pool: ConnectionPool | None = None, **kwargs: Any) -> None:  # type: ignore[override]
+        super().initialize(**kwargs)
+        self.pool = pool or ConnectionPool(max_idle=0, idle_seconds=0)
+
     def _connection_class(self) -> type:
         return _AbortableConnection
+
+    def close(self) -> None:
+        super().close()
+        self.pool.close()
 
 
 class UpstreamClient:
     """One shared client for every upstream call of the process."""
 
-    def __init__(self, connect_timeout: float) -> None:
+    def __init__(
+        self, connect_timeout: float, keepalive_connections: int = 100, keepalive_seconds: float = 4.0
+    ) -> None:
         self._client = _AbortableClient(
             force_instance=True,
+            pool=ConnectionPool(keepalive_connections, keepalive_seconds),
             max_clients=MAX_CONCURRENT_FETCHES,
             max_body_size=UNLIMITED_BODY,
             defaults={
@@ -140,8 +228,15 @@ class UpstreamClient:
 
         Raises on transport failures: `UpstreamAborted`, ``HTTPTimeoutError`` (connect),
         ``HTTPStreamClosedError``, ``OSError`` (refused, reset, unreachable).
+        A safe request that failed on a pooled connection before any answer is sent once more
+        on a fresh one: the upstream had closed that idle connection as the request went out.
         """
-        return await self._client.fetch(request, raise_error=False)
+        try:
+            return await self._client.fetch(request, raise_error=False)
+        except Exception:
+            if isinstance(request, AbortableRequest) and request.take_resend():
+                return await self._client.fetch(request, raise_error=False)
+            raise
 
     async def call(
         self,
@@ -165,6 +260,10 @@ class UpstreamClient:
             request_timeout=seconds,
         )
         return await self.fetch(request)
+
+    @property
+    def idle_connections(self) -> int:
+        return self._client.pool.idle_count()
 
     @property
     def active_fetches(self) -> int:
