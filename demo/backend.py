@@ -30,6 +30,7 @@ __all__ = ["DEMO_USER", "TokenIssuer", "make_backend_app"]
 
 DEMO_USER = {"id": "demo-user", "name": "Demo User", "email": "demo@example.com"}
 ACCESS_TOKEN_SECONDS = 15 * 60
+ITEMS_KEPT = 100
 
 
 class TokenIssuer:
@@ -94,8 +95,9 @@ class Items(_Handler):
 
     def post(self) -> None:
         if self.user():
-            item = {"id": len(self.items) + 1, "data": self.body_json()}
+            item = {"id": self.items[-1]["id"] + 1 if self.items else 1, "data": self.body_json()}
             self.items.append(item)
+            del self.items[:-ITEMS_KEPT]  # a long-running demo keeps the newest only
             self.reply(item, 201)
 
 

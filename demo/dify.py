@@ -45,8 +45,9 @@ import socket
 import struct
 import time
 import uuid
-from collections.abc import Mapping
-from typing import Any, NamedTuple
+from collections import deque
+from collections.abc import Mapping, MutableMapping
+from typing import Any, NamedTuple, TypeVar
 
 from tornado.iostream import StreamClosedError
 from tornado.web import Application, HTTPError, RequestHandler
@@ -67,6 +68,7 @@ __all__ = [
 
 Json = dict[str, Any]
 PING = b"event: ping\n\n"
+HISTORY = 1000  # requests, conversations, messages, files and stops kept, the newest first
 _REASONS = {
     400: "bad_request",
     401: "unauthorized",
@@ -78,6 +80,17 @@ _REASONS = {
     429: "too_many_requests",
     500: "internal_server_error",
 }
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def remember(store: MutableMapping[K, V], key: K, value: V, limit: int = HISTORY) -> None:
+    """``store[key] = value``, forgetting the oldest entries beyond ``limit``."""
+    store[key] = value
+    while len(store) > limit:
+        del store[next(iter(store))]
 
 
 def _phrase(status: int) -> str:
@@ -258,13 +271,15 @@ class DifyFake:
         self.word_delay = word_delay
         self.ping_every = ping_every
         self.upload_limit = upload_limit
-        self.requests: list[Recorded] = []
+        # What it keeps is bounded (the newest HISTORY of each), so a long-running demo or load
+        # test does not grow without end.
+        self.requests: deque[Recorded] = deque(maxlen=HISTORY)
         self.conversations: dict[str, Conversation] = {}
         self.messages: dict[str, Message] = {}
         self.files: dict[str, UploadedFile] = {}
-        self.stops: list[Stop] = []
+        self.stops: deque[Stop] = deque(maxlen=HISTORY)
         self.tasks: dict[str, Task] = {}
-        self.disconnects: list[float] = []
+        self.disconnects: deque[float] = deque(maxlen=HISTORY)
         self._seq = 0
         self._closing = asyncio.Event()
         self.app = Application(self.routes(), log_function=lambda _: None, dify=self)
@@ -317,7 +332,7 @@ class DifyFake:
         now = int(time.time())
         self._seq += 1
         conv = Conversation(str(uuid.uuid4()), user, name, inputs, now, now, self._seq)
-        self.conversations[conv.id] = conv
+        remember(self.conversations, conv.id, conv)
         return conv
 
     def history(self, conversation_id: str) -> list[Message]:
@@ -495,7 +510,7 @@ class ChatMessages(DifyHandler):
             }
             for f in files
         ]
-        dify.messages[message.id] = message
+        remember(dify.messages, message.id, message)
         task = Task(str(uuid.uuid4()), user)
         answer = dify.answer_for(query, len(files))
         if mode == "blocking":
@@ -685,7 +700,7 @@ class FileUpload(_Multipart):
             user,
             hashlib.sha256(data).hexdigest(),
         )
-        self.dify.files[record.id] = record
+        remember(self.dify.files, record.id, record)
         self.send_json(record.to_json(), 201)
 
 

@@ -54,6 +54,7 @@ import re
 import secrets
 import time
 import uuid
+from collections import deque
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -274,7 +275,7 @@ class SupabaseAuthFake:
         self.sessions: dict[str, str] = {}  # session id -> user id, for every session the fake issued
         self.revoked: set[str] = set()
         self.refresh_tokens: dict[str, _RefreshToken] = {}
-        self.requests: list[AuthRequest] = []
+        self.requests: deque[AuthRequest] = deque(maxlen=1000)  # bounded: a demo runs for long
         self.jwks_fetches = 0
         self.user_calls = 0
         self.jwks_cache_control = "max-age=600"

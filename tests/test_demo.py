@@ -8,6 +8,7 @@ the command above it; ``...`` in it stands for anything.
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -130,3 +132,21 @@ def test_demo_stops_cleanly_on_sigterm() -> None:
     assert proc.returncode == 0, out
     assert '"event_loop": "uvloop"' in out
     assert "Traceback" not in out
+
+
+def test_the_demo_backend_keeps_only_its_newest_items(demo: Demo) -> None:
+    """A demo left running (or load-tested) must not grow without end: it keeps 100 items."""
+    port, exports, _ = demo
+    url = f"http://127.0.0.1:{port}/api/proxy/items"
+    cookie = {"Cookie": exports["GATEHOUSE_COOKIE"]}
+    for n in range(110):
+        post = urllib.request.Request(
+            url, json.dumps({"n": n}).encode(), {**cookie, "Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(post, timeout=10) as response:
+            last = json.load(response)
+    with urllib.request.urlopen(urllib.request.Request(url, headers=cookie), timeout=10) as response:
+        items = json.load(response)["items"]
+    assert len(items) == 100
+    assert items[-1] == last and last["data"] == {"n": 109}
+    assert [item["id"] for item in items] == list(range(last["id"] - 99, last["id"] + 1))  # ids still unique

@@ -369,15 +369,15 @@ class FakeDify:
 
     @property
     def requests(self) -> list[Recorded]:
-        return self.dify.requests
+        return list(self.dify.requests)
 
     @property
     def stops(self) -> list[Stop]:
-        return self.dify.stops
+        return list(self.dify.stops)
 
     @property
     def disconnects(self) -> list[float]:
-        return self.dify.disconnects
+        return list(self.dify.disconnects)
 
     @property
     def conversations(self) -> dict[str, Conversation]:

@@ -167,7 +167,7 @@ class FakeSupabase:
 
     @property
     def requests(self) -> list[AuthRequest]:
-        return self.fake.requests
+        return list(self.fake.requests)
 
     def calls(self, path: str) -> list[AuthRequest]:
         """Requests to ``path`` (e.g. ``/auth/v1/token``)."""
