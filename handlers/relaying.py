@@ -212,12 +212,11 @@ class RelayingHandler(BaseHandler):
         """Relay the upstream's answer; failures before its headers are answered as JSON."""
         if self.outcome == "client_closed":
             return
-        assert self._target is not None
+        target, self._target = self._target, None  # not held for the life of a stream
+        assert target is not None
         self._relay = Relay(self, self.ctx.upstream, self.ctx.relay_limits, self.observer())
         try:
-            result = await self._relay.run(
-                self._target.url, self.request.method or "GET", self._target.headers, body, producer
-            )
+            result = await self._relay.run(target.url, self.request.method or "GET", target.headers, body, producer)
         except RelayError as exc:
             if self.outcome != "client_closed":
                 self.outcome = "upstream_failed"

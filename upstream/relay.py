@@ -49,6 +49,7 @@ __all__ = ["BodyProducer", "HeldResponse", "Relay", "RelayError", "RelayLimits",
 STALLED_FLUSH_GRACE = 1.0  # seconds a failed stream waits for the browser to take a pending write
 HELD_BODY_LIMIT = 64 * 1024  # a held answer is read for its error code and message, not relayed
 BodyProducer = Callable[[Callable[[bytes], Awaitable[None]]], Awaitable[None]]
+_RELAYED = HTTPHeaders()  # stands in for response headers once relayed; never written to
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -191,6 +192,8 @@ class Relay:
     # -- upstream events -----------------------------------------------------------------
 
     def _on_header_line(self, line: str) -> None:
+        if self._headers_sent:
+            return  # one final head per response; never parse into _RELAYED
         if not self._status_line:
             self._status_line = line
         elif line in ("\r\n", "\n"):
@@ -221,7 +224,9 @@ class Relay:
                 replaced.add(name)
             with contextlib.suppress(ValueError):  # a value Tornado refuses to emit is dropped
                 handler.add_header(name, value)
-        if is_event_stream(self._headers.get("Content-Type")):
+        event_stream = is_event_stream(self._headers.get("Content-Type"))
+        self._headers = _RELAYED  # relayed: not kept for the life of a stream
+        if event_stream:
             self._sse = EventBuffer()
             handler.set_header("Cache-Control", "no-cache, no-transform")
             handler.set_header("X-Accel-Buffering", "no")
