@@ -1,76 +1,82 @@
-"""The gateway's HTTP client: configured for proxying, and able to abort a fetch in flight.
+"""The gateway's HTTP client: an `AsyncHTTPClient` built for proxying, abortable, keep-alive.
 
-Tornado's client defaults are wrong for a proxy: ``max_clients=10`` queues the eleventh
-stream, ``request_timeout=20`` kills every longer stream, ``decompress_response=True``
-rewrites bodies behind the upstream's ``Content-Length``, and ``max_body_size`` caps a
-download at 100 MB. `UpstreamClient` fixes all four; time limits on streams are the relay's
-job (``upstream/relay.py``), which can tell "slow to answer" from "idle" from "long".
+Tornado's bundled clients do not fit a gateway holding thousands of streams:
+``simple_httpclient`` opens a connection per request and holds about 14 KiB of Python objects
+per stream (two coroutine chains, an IOStream, an ``HTTP1Connection``), cannot be aborted
+without reaching into its internals (tornadoweb/tornado#157), and left a fetch hanging on an
+upstream reset in 6.6.1; ``curl_httpclient`` has no backpressure and no ``body_producer``.
+`UpstreamClient` is an `AsyncHTTPClient` whose ``fetch_impl`` drives ``upstream/http1.py``
+(one asyncio protocol object per connection) and ``upstream/pool.py``. It keeps Tornado's
+contract for what gatehouse uses (``header_callback`` with the head's lines, an async
+``streaming_callback`` that is awaited before more is read, ``body_producer``,
+``connect_timeout``, ``request_timeout``; errors answer as 599 with the error) and adds:
 
-Tornado has no public API to cancel a fetch (tornadoweb/tornado#157). This module is the one
-place that reaches into ``tornado.simple_httpclient`` internals to do it: the client's
-``_connection_class()`` hook returns a connection subclass that registers itself on the
-`AbortableRequest`, and `AbortableRequest.abort` fails the fetch through the connection's own
-``_handle_exception`` path, which answers the caller, releases the ``max_clients`` slot and
-closes the socket. The same subclass makes an upstream reset fail the fetch at once (Tornado
-6.6.1 leaves it hanging, or takes a reset close-delimited body for a whole one), and keeps
-Tornado from adding a ``Content-Type`` the browser never sent. ``tests/test_tornado_internals.py``
-fails loudly if an upgrade moves any of this.
-
-The same subclass keeps connections alive (``upstream/pool.py``): it asks for keep-alive,
-takes its stream from the pool when the request is safe to resend, and, once an exchange has
-ended cleanly, gives the stream back instead of closing it. A request that failed on a reused
-connection before any answer came is sent once more on a fresh one (`UpstreamClient.fetch`).
+* `AbortableRequest.abort`: fail the fetch at once and close its socket, in any phase;
+* no defaults added to the request (no ``Content-Type``, ``User-Agent`` or
+  ``Accept-Encoding``), bodies never decompressed, redirects never followed, no body size
+  limit on streamed answers, no total time limit unless ``request_timeout`` is set (the
+  relay's watchdog owns time limits on streams);
+* keep-alive: a ``GET`` takes an idle connection when there is one, and is sent once more on a
+  fresh connection if that one turns out dead before any answer; other requests connect
+  afresh (a write must never be applied twice) and give their connection to the pool after.
 """
 
 from __future__ import annotations
 
-import sys
-from types import TracebackType
+import asyncio
+import ssl
+import time
+import urllib.parse
+from collections.abc import Callable
+from io import BytesIO
 from typing import Any
 
-from tornado.httpclient import HTTPRequest, HTTPResponse
-from tornado.httputil import HTTPHeaders, RequestStartLine, ResponseStartLine
-from tornado.simple_httpclient import SimpleAsyncHTTPClient, _HTTPConnection
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
+from tornado.httputil import HTTPHeaders, HTTPInputError, ResponseStartLine
+from tornado.iostream import StreamClosedError
+from tornado.simple_httpclient import HTTPStreamClosedError, HTTPTimeoutError
 
-from upstream.pool import ConnectionPool, PooledConnector
+from upstream.http1 import Http1Connection, ResponseHandler, chunk, request_head
+from upstream.pool import ConnectionPool, Origin
 
 __all__ = ["AbortableRequest", "UpstreamAborted", "UpstreamClient"]
 
-# Enough that the client never queues: the real limit is file descriptors (see docs/).
-MAX_CONCURRENT_FETCHES = 1_000_000
-UNLIMITED_BODY = sys.maxsize
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # resendable, so they may reuse a connection
+MAX_BUFFERED_BODY = 16 * 1024 * 1024  # an answer the gateway reads whole (refresh, JWKS, Dify stop)
+_TLS = ssl.create_default_context()
 
 
 class UpstreamAborted(Exception):
     """The gateway abandoned a fetch; the message says why (``client_closed``, ``idle_timeout``...)."""
 
 
-class _NoDefaultContentType(HTTPHeaders):
-    """Headers for a request sent without ``Content-Type``.
+class AbortableRequest(HTTPRequest):
+    """An `HTTPRequest` that can be aborted while it is connecting, sending or streaming.
 
-    Tornado's client adds ``Content-Type: application/x-www-form-urlencoded`` to any POST that
-    has none (``"Content-Type" not in headers`` in ``_HTTPConnection.run``), which would make a
-    backend parse an untyped body as a form. Claiming to contain the name stops that; the
-    header is still never sent, because only real entries are written.
+    ``head_callback(start_line, headers)``, when given, receives the final answer's head
+    parsed, in place of ``header_callback``'s lines (which the caller would parse again); the
+    `HTTPResponse` then carries no headers, so a long stream does not hold them twice.
     """
 
-    def __contains__(self, name: object) -> bool:
-        return (isinstance(name, str) and name.lower() == "content-type") or super().__contains__(name)
-
-
-class AbortableRequest(HTTPRequest):
-    """An `HTTPRequest` that can be aborted while it is queued, connecting, or streaming, and
-    whose headers are sent as given (no default ``Content-Type``)."""
-
-    _connection: _HTTPConnection | None = None
+    head_callback: Callable[[ResponseStartLine, HTTPHeaders], None] | None = None
+    _exchange: _Exchange | None = None
     _abort_error: BaseException | None = None
     _failed_on_reused = False  # failed on a pooled connection before any answer: resend
     _fresh_connection = False  # the resend: never on a pooled connection
 
-    def __init__(self, url: str, **kwargs: Any) -> None:
-        super().__init__(url, **kwargs)
-        self._untyped = "Content-Type" not in self.headers
+    def __init__(
+        self, url: str, head_callback: Callable[[ResponseStartLine, HTTPHeaders], None] | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(url, **kwargs)  # typed loosely: Tornado's body_producer type is narrower
+        self.head_callback = head_callback
+
+    def abort(self, error: BaseException) -> None:
+        """Fail the fetch with ``error`` and close its connection. Idempotent; no-op once done."""
+        if self._abort_error is not None:
+            return
+        self._abort_error = error
+        if self._exchange is not None:
+            self._exchange.fail(error)
 
     @property
     def may_reuse_connection(self) -> bool:
@@ -85,122 +91,211 @@ class AbortableRequest(HTTPRequest):
         self._failed_on_reused, self._fresh_connection = False, True
         return True
 
-    def abort(self, error: BaseException) -> None:
-        """Fail the fetch with ``error`` and close its connection. Idempotent; no-op once done."""
-        if self._abort_error is not None:
-            return
-        self._abort_error = error
-        if self._connection is not None:
-            _fail(self._connection, error)
 
-    def _attach(self, connection: _HTTPConnection) -> None:
-        self._connection = connection
-        if self._untyped:  # ``fetch`` replaced our headers with a plain copy; ``run()`` has not begun
-            self.headers = _NoDefaultContentType(self.headers)
-        if self._abort_error is not None:  # aborted before its connection existed
-            _fail(connection, self._abort_error)
+class _Exchange(ResponseHandler):
+    """One fetch: connect or take a pooled connection, send, and answer ``callback`` once."""
 
+    __slots__ = (
+        "_body",
+        "_callback",
+        "_client",
+        "_connection",
+        "_head",
+        "_origin",
+        "_proxy",
+        "_request",
+        "_started",
+        "_task",
+        "_timer",
+        "code",
+        "done",
+        "reused",
+    )
 
-def _fail(connection: _HTTPConnection, error: BaseException) -> None:
-    if connection.final_callback is not None:
-        # Answers the fetch with a 599 carrying ``error``, releases the client slot and closes
-        # the stream if one is open; a connect still in progress closes its stream on arrival.
-        connection._handle_exception(type(error), error, None)
-    elif getattr(connection, "stream", None) is not None:
-        connection.stream.close()
+    def __init__(self, client: _GatewayHTTPClient, proxy: HTTPRequest, callback: Any) -> None:
+        self._client = client
+        self._proxy = proxy  # the _RequestProxy fetch() made: the request with the client's defaults
+        self._request: HTTPRequest = getattr(proxy, "request", proxy)
+        self._callback = callback
+        self._connection: Http1Connection | None = None
+        self._origin: Origin | None = None
+        self._body: bytearray | None = None
+        self._head: tuple[ResponseStartLine, HTTPHeaders] | None = None
+        self._task: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._started = time.monotonic()
+        self.code: int | None = None
+        self.done = False
+        self.reused = False
 
+    def begin(self) -> None:
+        request = self._request
+        if isinstance(request, AbortableRequest):
+            request._exchange = self
+            if request._abort_error is not None:  # aborted before fetch() was called
+                self.fail(request._abort_error)
+                return
+        timeout = self._proxy.request_timeout
+        if timeout:
+            self._timer = asyncio.get_running_loop().call_later(
+                timeout, self.fail, HTTPTimeoutError("Timeout during request")
+            )
+        self._task = asyncio.ensure_future(self._send())
 
-class _AbortableConnection(_HTTPConnection):
-    client: _AbortableClient
-    _connector: PooledConnector | None = None
-    _http11 = False
-    _keep = False  # the exchange ended cleanly: the stream goes to the pool, not closed
+    async def _send(self) -> None:
+        request = self._request
+        try:
+            url = urllib.parse.urlsplit(request.url)
+            if url.scheme not in ("http", "https") or not url.hostname:
+                raise ValueError(f"unsupported URL: {request.url}")
+            tls = url.scheme == "https"
+            self._origin = (url.hostname, url.port or (443 if tls else 80), tls)
+            headers = request.headers
+            headers.setdefault("Host", url.netloc.rpartition("@")[2])
+            headers.setdefault("Connection", "keep-alive")
+            body = request.body if request.body is not None else None
+            producer: Any = request.body_producer
+            if body is not None:
+                headers["Content-Length"] = str(len(body))
+            chunked = producer is not None and "Content-Length" not in headers
+            if chunked:
+                headers["Transfer-Encoding"] = "chunked"
+            target = (url.path or "/") + (f"?{url.query}" if url.query else "")
+            head = request_head(request.method, target, headers)
 
-    def __init__(self, client: _AbortableClient, request: HTTPRequest, *args: Any) -> None:
-        super().__init__(client, request, *args)
-        # ``fetch`` wraps every request in a _RequestProxy that applies the client defaults.
-        original = getattr(request, "request", request)
-        self._original = original if isinstance(original, AbortableRequest) else None
-        if self._original is not None:
-            self._original._attach(self)
+            reuse = isinstance(request, AbortableRequest) and request.may_reuse_connection
+            connection = self._client.pool.take(self._origin) if reuse else None
+            self.reused = connection is not None
+            if connection is None:
+                connection = await self._connect(self._origin)
+            if self.done:  # aborted while connecting
+                connection.close()
+                return
+            self._connection = connection
+            connection.start(self, head, request.method == "HEAD", close=False)
+            if body:
+                await connection.write(body)
+            elif producer is not None:
 
-    async def run(self) -> None:
-        # Runs after __init__ (scheduled there), so the connector is in place before connecting.
-        reuse = self._original is not None and self._original.may_reuse_connection
-        self._connector = PooledConnector(self.client.pool, self.tcp_client, reuse)
-        self.tcp_client = self._connector  # type: ignore[assignment]
-        self.request.headers.setdefault("Connection", "keep-alive")  # Tornado's default: close
-        await super().run()
-        if self._keep:
-            # Tornado is done with the stream now; an abort after the answer must not reach it.
-            stream, self.stream = self.stream, None  # type: ignore[assignment]
-            self._connector.give_back(stream)
+                async def write(data: bytes) -> None:
+                    if data:
+                        await connection.write(chunk(data) if chunked else data)
 
-    async def headers_received(self, first_line: RequestStartLine | ResponseStartLine, headers: HTTPHeaders) -> None:
-        self._http11 = first_line.version == "HTTP/1.1"
-        await super().headers_received(first_line, headers)
+                await producer(write)
+                if chunked:
+                    await connection.write(b"0\r\n\r\n")
+            connection.end_request()
+        except Exception as exc:
+            self.fail(exc)
 
-    def _on_end_request(self) -> None:
-        if self._reusable():
-            self._keep = True
-        else:
-            self.stream.close()
-
-    def _reusable(self) -> bool:
-        """The answer ended where its framing said (a close-delimited body ends with the stream)
-        and the upstream did not ask to close."""
-        connection = self.headers.get("Connection", "") if self.headers is not None else "close"
-        return (
-            self._http11
-            and "close" not in connection.lower()
-            and not self.stream.closed()
-            and self._connector is not None
-            and self.client.pool.max_idle > 0
+    async def _connect(self, origin: Origin) -> Http1Connection:
+        host, port, tls = origin
+        loop = asyncio.get_running_loop()
+        connecting = loop.create_connection(
+            Http1Connection, host, port, ssl=_TLS if tls else None, server_hostname=host if tls else None
         )
+        timeout = self._proxy.connect_timeout
+        try:
+            _, connection = await asyncio.wait_for(connecting, timeout or None)
+        except TimeoutError:
+            raise HTTPTimeoutError("Timeout while connecting") from None
+        return connection
 
-    def _handle_exception(
-        self, typ: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
-    ) -> bool:
+    # -- ResponseHandler -------------------------------------------------------------------
+
+    def on_head(self, start: ResponseStartLine, headers: HTTPHeaders, raw: str) -> None:
+        self.code = start.code
+        request = self._request
+        if isinstance(request, AbortableRequest) and request.head_callback is not None:
+            self._head = (start, HTTPHeaders())  # the caller has them; not held for a whole stream
+            request.head_callback(start, headers)
+            return
+        self._head = (start, headers)
+        callback = request.header_callback
+        if callback is not None:
+            callback(f"{start.version} {start.code} {start.reason}\r\n")
+            for name, value in headers.get_all():
+                callback(f"{name}: {value}\r\n")
+            callback("\r\n")
+
+    def on_body(self, data: bytes) -> Any:
+        streaming = self._request.streaming_callback
+        if streaming is not None:
+            return streaming(data)
+        if self._body is None:
+            self._body = bytearray()
+        if len(self._body) + len(data) > MAX_BUFFERED_BODY:
+            self.fail(HTTPInputError("response body too large"))
+            return None
+        self._body += data
+        return None
+
+    def on_done(self, error: BaseException | None) -> None:
+        if error is not None:
+            self.fail(error)
+            return
+        if self.done:
+            return
+        assert self._head is not None
+        start, headers = self._head
+        response = HTTPResponse(
+            self._proxy,
+            start.code,
+            reason=start.reason,
+            headers=headers,
+            buffer=BytesIO(bytes(self._body or b"")),
+            request_time=time.monotonic() - self._started,
+            effective_url=self._request.url,
+        )
+        connection, self._connection = self._connection, None
+        if connection is not None and self._origin is not None:
+            self._client.pool.give(self._origin, connection)
+        self._answer(response)
+
+    def fail(self, error: BaseException) -> None:
+        """Answer with ``error`` (a 599) and close the connection; no-op once answered."""
+        if self.done:
+            return
         if (
-            self.final_callback is not None
+            self.reused
             and self.code is None
-            and self._connector is not None
-            and self._connector.reused
-            and self._original is not None
+            and isinstance(error, (HTTPStreamClosedError, StreamClosedError, ConnectionError))
+            and isinstance(self._request, AbortableRequest)
         ):
-            self._original._failed_on_reused = True  # a stale keep-alive connection: resend
-        return super()._handle_exception(typ, value, tb)
+            self._request._failed_on_reused = True  # closed under us, unanswered: a stale connection
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+        if self._task is not None and not self._task.done() and self._task is not asyncio.current_task():
+            self._task.cancel()  # still connecting or sending the body
+        self._answer(HTTPResponse(self._proxy, 599, error=error, request_time=time.monotonic() - self._started))
 
-    def on_connection_close(self) -> None:
-        # Tornado raises the stream's error (a reset) from inside the close callback, where it
-        # is only logged, and the fetch is never answered. Fail the fetch with it instead.
-        error = self.stream.error
-        if self.final_callback is not None and error is not None:
-            self._handle_exception(type(error), error, None)
-        else:
-            super().on_connection_close()
-
-    def finish(self) -> None:
-        # A body delimited by the connection closing "ends" at any close, a reset included
-        # (``_read_body_until_close``). A reset is no end: fail the fetch, do not complete it.
-        error = self.stream.error
-        if error is not None and self.final_callback is not None:
-            self._handle_exception(type(error), error, None)
-        else:
-            super().finish()
+    def _answer(self, response: HTTPResponse) -> None:
+        self.done = True
+        if self._timer is not None:
+            self._timer.cancel()
+        self._client.active.discard(self)
+        self._callback(response)
 
 
-class _AbortableClient(SimpleAsyncHTTPClient):
-    def initialize(self, pool: ConnectionPool | None = None, **kwargs: Any) -> None:  # type: ignore[override]
-        super().initialize(**kwargs)
+class _GatewayHTTPClient(AsyncHTTPClient):
+    """`AsyncHTTPClient` implementation over ``upstream/http1.py`` connections."""
+
+    def initialize(self, pool: ConnectionPool | None = None, defaults: dict[str, Any] | None = None) -> None:  # type: ignore[override]
+        super().initialize(defaults)
         self.pool = pool or ConnectionPool(max_idle=0, idle_seconds=0)
+        self.active: set[_Exchange] = set()
 
-    def _connection_class(self) -> type:
-        return _AbortableConnection
+    def fetch_impl(self, request: HTTPRequest, callback: Any) -> None:
+        exchange = _Exchange(self, request, callback)
+        self.active.add(exchange)
+        exchange.begin()
 
     def close(self) -> None:
-        super().close()
+        for exchange in list(self.active):
+            exchange.fail(UpstreamAborted("client_closed"))
         self.pool.close()
+        super().close()
 
 
 class UpstreamClient:
@@ -209,27 +304,20 @@ class UpstreamClient:
     def __init__(
         self, connect_timeout: float, keepalive_connections: int = 100, keepalive_seconds: float = 4.0
     ) -> None:
-        self._client = _AbortableClient(
+        self._client = _GatewayHTTPClient(
             force_instance=True,
             pool=ConnectionPool(keepalive_connections, keepalive_seconds),
-            max_clients=MAX_CONCURRENT_FETCHES,
-            max_body_size=UNLIMITED_BODY,
-            defaults={
-                "connect_timeout": connect_timeout,
-                "request_timeout": 0,  # none: the relay's watchdog owns time limits
-                "decompress_response": False,
-                "follow_redirects": False,  # a redirect is the backend's answer to the browser
-                "allow_nonstandard_methods": True,  # DELETE with a body, POST without one
-            },
+            defaults={"connect_timeout": connect_timeout, "request_timeout": 0},
         )
 
     async def fetch(self, request: HTTPRequest) -> HTTPResponse:
         """Fetch without raising on HTTP error statuses (they are answers to relay).
 
-        Raises on transport failures: `UpstreamAborted`, ``HTTPTimeoutError`` (connect),
-        ``HTTPStreamClosedError``, ``OSError`` (refused, reset, unreachable).
-        A safe request that failed on a pooled connection before any answer is sent once more
-        on a fresh one: the upstream had closed that idle connection as the request went out.
+        Raises on transport failures: `UpstreamAborted`, ``HTTPTimeoutError`` (connect, or
+        ``request_timeout``), ``HTTPStreamClosedError``, ``HTTPInputError`` (a malformed
+        answer), ``OSError`` (refused, reset, unreachable), or the body producer's own error.
+        A ``GET`` that failed on a pooled connection before any answer is sent once more on a
+        fresh one: the upstream had closed that idle connection as the request went out.
         """
         try:
             return await self._client.fetch(request, raise_error=False)
@@ -267,7 +355,7 @@ class UpstreamClient:
 
     @property
     def active_fetches(self) -> int:
-        """Fetches holding a client slot now: the leak check's measure."""
+        """Fetches not yet answered: the leak check's measure."""
         return len(self._client.active)
 
     def close(self) -> None:

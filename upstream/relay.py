@@ -35,7 +35,7 @@ import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from tornado.httputil import HTTPHeaders, parse_response_start_line
+from tornado.httputil import HTTPHeaders, ResponseStartLine
 from tornado.iostream import StreamClosedError
 from tornado.simple_httpclient import HTTPTimeoutError
 from tornado.web import RequestHandler
@@ -49,7 +49,6 @@ __all__ = ["BodyProducer", "HeldResponse", "Relay", "RelayError", "RelayLimits",
 STALLED_FLUSH_GRACE = 1.0  # seconds a failed stream waits for the browser to take a pending write
 HELD_BODY_LIMIT = 64 * 1024  # a held answer is read for its error code and message, not relayed
 BodyProducer = Callable[[Callable[[bytes], Awaitable[None]]], Awaitable[None]]
-_RELAYED = HTTPHeaders()  # stands in for response headers once relayed; never written to
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -119,8 +118,6 @@ class Relay:
         self._observer = observer
         self._loop = asyncio.get_running_loop()
         self._request: AbortableRequest | None = None
-        self._status_line = ""
-        self._headers = HTTPHeaders()
         self._headers_sent = False
         self._sse: EventBuffer | None = None
         self._writing: asyncio.Future[None] | None = None
@@ -149,7 +146,7 @@ class Relay:
             headers=headers,
             body=body,
             body_producer=self._guard(body_producer) if body_producer else None,
-            header_callback=self._on_header_line,
+            head_callback=self._on_head,
             streaming_callback=self._on_chunk,
         )
         self._started = self._last_progress = self._loop.time()
@@ -191,26 +188,13 @@ class Relay:
 
     # -- upstream events -----------------------------------------------------------------
 
-    def _on_header_line(self, line: str) -> None:
-        if self._headers_sent:
-            return  # one final head per response; never parse into _RELAYED
-        if not self._status_line:
-            self._status_line = line
-        elif line in ("\r\n", "\n"):
-            self._start_response()
-        else:
-            self._headers.parse_line(line)
-
-    def _start_response(self) -> None:
-        start = parse_response_start_line(self._status_line.strip())
-        if start.code < 200:  # an interim answer (103 Early Hints...): the final one follows
-            self._status_line, self._headers = "", HTTPHeaders()
-            return
+    def _on_head(self, start: ResponseStartLine, headers: HTTPHeaders) -> None:
+        """The final answer's head (the client skips interim 1xx ones)."""
         now = self._loop.time()
         self.result.upstream_ms = round((now - self._started) * 1000, 1)
         self.result.status = start.code
         if self._observer is not None and self._observer.hold(start.code):
-            self._held = HeldResponse(start.code, self._headers, bytearray())
+            self._held = HeldResponse(start.code, headers, bytearray())
             return
         self._last_progress = self._last_write = now
         handler = self._handler
@@ -218,15 +202,13 @@ class Relay:
             handler.clear_header(default)
         handler.set_status(start.code)  # custom reason phrases are not relayed (HTTP/2 has none)
         replaced: set[str] = set()
-        for name, value in response_headers_to_relay(self._headers):
+        for name, value in response_headers_to_relay(headers):
             if name not in replaced:  # the upstream's value replaces a gateway default of that name
                 handler.clear_header(name)
                 replaced.add(name)
             with contextlib.suppress(ValueError):  # a value Tornado refuses to emit is dropped
                 handler.add_header(name, value)
-        event_stream = is_event_stream(self._headers.get("Content-Type"))
-        self._headers = _RELAYED  # relayed: not kept for the life of a stream
-        if event_stream:
+        if is_event_stream(headers.get("Content-Type")):
             self._sse = EventBuffer()
             handler.set_header("Cache-Control", "no-cache, no-transform")
             handler.set_header("X-Accel-Buffering", "no")
