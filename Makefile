@@ -14,8 +14,16 @@ $(STAMP): requirements.txt requirements-dev.txt
 run: $(STAMP)
 	$(PY) server.py
 
+# The suite runs on asyncio; the upstream and relay tests run again on uvloop, which production
+# uses (transports differ in pause_reading, EOF and resets). Deselected there: the 1,000-stream
+# test, whose own 1,000 clients share the loop and miss its 5 s head deadline now and then on
+# uvloop (with Tornado's client as with gatehouse's); scenario B covers 9,500 streams on uvloop.
+UVLOOP_TESTS := tests/test_relay.py tests/test_upstream_client.py tests/test_upstream_pool.py \
+	tests/test_upstream_framing.py tests/test_proxy_bodies.py tests/test_chat.py
+
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+	GATEHOUSE_TEST_LOOP=uvloop $(PY) -m pytest $(UVLOOP_TESTS) -k "not test_1000_aborted_streams" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

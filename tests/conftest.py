@@ -21,6 +21,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import os
 import resource
 import socket
 import time
@@ -31,17 +32,24 @@ from typing import Any
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 from tornado.httpserver import HTTPServer
-from tornado.testing import bind_unused_port
+from tornado.netutil import bind_sockets
 
 from auth.nextauth import NextAuthV4Codec
 from handlers.context import Context
-from server import configure_logging, make_app, make_server
+from server import LISTEN_BACKLOG, configure_logging, make_app, make_server
 from settings import Settings, SupabaseSettings, _parse_backend_url
 from tests.fakes.backend import FakeBackend
 from tests.fakes.dify import FakeDify
 from tests.fakes.raw import RawUpstream, Script
 from tests.fakes.sse_scripts import finish_leftover_tasks
 from tests.fakes.supabase import FakeSupabase
+
+if os.environ.get("GATEHOUSE_TEST_LOOP") == "uvloop":
+    # Production runs on uvloop (server.py); `make test` runs the streaming tests on it too,
+    # since transports differ (pause_reading, EOF, resets) between uvloop and asyncio.
+    import uvloop
+
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 # Like server.main(): each proxied stream holds two sockets, and tests hold thousands.
 _, _HARD_FD_LIMIT = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -102,7 +110,9 @@ def start_gateway(io_loop: Any) -> Iterator[Callable[..., RunningGateway]]:
         settings = test_settings(backend_url, **overrides)
         ctx = Context.build(settings)
         server = make_server(make_app(settings, ctx), settings)
-        sock, port = bind_unused_port()
+        # The production backlog: tests open a thousand streams at once, as browsers can.
+        [sock] = bind_sockets(0, "127.0.0.1", family=socket.AF_INET, backlog=LISTEN_BACKLOG)
+        port = sock.getsockname()[1]
         server.add_sockets([sock])
         running = RunningGateway(f"http://127.0.0.1:{port}", settings, ctx, server)
         started.append(running)

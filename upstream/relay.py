@@ -149,6 +149,7 @@ class Relay:
             head_callback=self._on_head,
             streaming_callback=self._on_chunk,
         )
+        del headers, body  # fetch() sends a copy: this frame lives as long as the stream
         self._started = self._last_progress = self._loop.time()
         self._arm(self._started + self._limits.response_timeout)
         try:

@@ -38,7 +38,7 @@ class RawUpstream:
         self.closed = asyncio.Event()
 
     async def start(self) -> RawUpstream:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, backlog=4096)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
