@@ -250,8 +250,8 @@ class RelayingHandler(BaseHandler):
         if self._relay is not None:
             self.abandon(self._relay)
         if self._pipe is not None:
-            # A closed stream, so Tornado's client treats the producer's failure as the
-            # connection ending, not as a bug: the upstream sees its request cut off.
+            # A closed stream, so the relay takes the producer's failure for the connection
+            # ending, not for a rejected request: the upstream sees its request cut off.
             self._pipe.abort(StreamClosedError())
 
     def abandon(self, relay: Relay) -> None:

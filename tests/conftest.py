@@ -27,7 +27,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
@@ -40,6 +40,7 @@ from server import LISTEN_BACKLOG, configure_logging, make_app, make_server
 from settings import Settings, SupabaseSettings, _parse_backend_url
 from tests.fakes.backend import FakeBackend
 from tests.fakes.dify import FakeDify
+from tests.fakes.keepalive import Answer, KeepAliveUpstream, Seen
 from tests.fakes.raw import RawUpstream, Script
 from tests.fakes.sse_scripts import finish_leftover_tasks
 from tests.fakes.supabase import FakeSupabase
@@ -127,17 +128,39 @@ def start_gateway(io_loop: Any) -> Iterator[Callable[..., RunningGateway]]:
 def upstreams(io_loop: Any) -> Iterator[Callable[[Script], Awaitable[RawUpstream]]]:
     """``await upstreams(script)``: a started `RawUpstream`, closed after the test, and any task
     the test left on its loop finished (see `finish_leftover_tasks`)."""
-    started: list[RawUpstream] = []
-
-    async def start(script: Script) -> RawUpstream:
-        upstream = await RawUpstream(script).start()
-        started.append(upstream)
-        return upstream
-
-    yield start
-    for upstream in started:
-        io_loop.run_sync(upstream.close)
+    yield from _started_for_the_test(io_loop, RawUpstream)
     finish_leftover_tasks(io_loop)
+
+
+@pytest.fixture
+def keepalive(io_loop: Any) -> Iterator[Callable[[Callable[[Seen], Answer]], Awaitable[KeepAliveUpstream]]]:
+    """``await keepalive(answer)``: a started `KeepAliveUpstream`, closed after the test."""
+    yield from _started_for_the_test(io_loop, KeepAliveUpstream)
+
+
+class _Fake(Protocol):
+    async def start(self) -> Any: ...
+    async def close(self) -> None: ...
+
+
+Arg = TypeVar("Arg")
+Server = TypeVar("Server", bound=_Fake)
+
+
+def _started_for_the_test(io_loop: Any, fake: Callable[[Arg], Server]) -> Iterator[Callable[[Arg], Awaitable[Server]]]:
+    """A fixture's body: yields a function that builds and starts ``fake(arg)``, and closes
+    every one it started after the test."""
+    started: list[Server] = []
+
+    async def start_and_remember(arg: Arg) -> Server:
+        server = fake(arg)
+        await server.start()
+        started.append(server)
+        return server
+
+    yield start_and_remember
+    for server in started:
+        io_loop.run_sync(server.close)
 
 
 @pytest.fixture

@@ -7,13 +7,17 @@ fetch and closes its socket whether the fetch is waiting to connect, connecting 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from tornado.httputil import HTTPHeaders, ResponseStartLine
 
+from tests.fakes.keepalive import Answer, ok
 from tests.fakes.raw import RawUpstream, Script
 from upstream.client import AbortableRequest, UpstreamAborted, UpstreamClient
+from upstream.http1 import Http1Connection, ResponseHandler, request_head
 
 Reader = asyncio.StreamReader
 Writer = asyncio.StreamWriter
@@ -105,3 +109,194 @@ async def test_abort_before_the_upstream_socket_is_ready(silent_upstream: Any, m
     finally:
         fetching.cancel()
         client.close()
+
+
+# -- the connection's end: decided once what was received is delivered ---------------------------
+
+
+class _Transport:
+    """Enough of an asyncio transport to drive `Http1Connection` by hand."""
+
+    def __init__(self) -> None:
+        self.written = b""
+        self.aborted = False
+        self.reading = True
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def is_closing(self) -> bool:
+        return self.aborted
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+
+class _Handler(ResponseHandler):
+    def __init__(self) -> None:
+        self.body = b""
+        self.outcome: list[BaseException | None] = []
+        self.delivery: asyncio.Future[None] | None = None
+
+    def on_head(self, start: ResponseStartLine, headers: HTTPHeaders, raw: str) -> None:
+        pass
+
+    def on_body(self, data: bytes) -> Awaitable[None] | None:
+        self.body += data
+        self.delivery = asyncio.get_running_loop().create_future()
+        return self.delivery
+
+    def on_done(self, error: BaseException | None) -> None:
+        self.outcome.append(error)
+
+
+def _exchange(answer: bytes) -> tuple[Http1Connection, _Transport, _Handler]:
+    connection, transport, handler = Http1Connection(), _Transport(), _Handler()
+    connection.connection_made(transport)  # type: ignore[arg-type]
+    connection.start(handler, b"GET / HTTP/1.1\r\n\r\n", head_request=False, close=False)
+    connection.end_request()
+    connection.data_received(answer)
+    assert not transport.reading and handler.outcome == []  # the body is being delivered
+    return connection, transport, handler
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\n\r\nhello",  # delimited by the close
+    ],
+    ids=["length", "chunked", "until-close"],
+)
+@pytest.mark.gen_test(timeout=5)
+async def test_a_clean_close_during_the_last_delivery_completes_the_answer(answer: bytes) -> None:
+    """TLS protocols report the close straight after the last data, while it is still being
+    written to the browser: the answer is whole, and must end as such."""
+    connection, _, handler = _exchange(answer)
+    connection.eof_received()
+    connection.connection_lost(None)
+    assert handler.outcome == []  # nothing decided while the delivery runs
+    assert handler.delivery is not None
+    handler.delivery.set_result(None)
+    await asyncio.sleep(0)
+    assert handler.outcome == [None] and handler.body == b"hello"
+    assert not connection.reusable
+
+
+@pytest.mark.parametrize(
+    ("answer", "close"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello", "fin"),
+        (b"HTTP/1.1 200 OK\r\n\r\nhello", "lost-without-fin"),  # uvloop TLS may drop the rest
+        (b"HTTP/1.1 200 OK\r\n\r\nhello", "reset"),
+    ],
+)
+@pytest.mark.gen_test(timeout=5)
+async def test_a_close_before_the_answer_is_whole_fails_it(answer: bytes, close: str) -> None:
+    connection, _, handler = _exchange(answer)
+    if close == "fin":
+        connection.eof_received()
+    connection.connection_lost(ConnectionResetError() if close == "reset" else None)
+    assert handler.delivery is not None
+    handler.delivery.set_result(None)
+    await asyncio.sleep(0)
+    assert len(handler.outcome) == 1 and handler.outcome[0] is not None  # failed, never complete
+
+
+@pytest.mark.gen_test(timeout=5)
+async def test_bytes_on_an_idle_connection_close_it_at_once() -> None:
+    connection, transport, handler = _exchange(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+    assert handler.delivery is not None
+    handler.delivery.set_result(None)
+    await asyncio.sleep(0)
+    assert handler.outcome == [None] and connection.reusable
+    connection.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled")
+    assert transport.aborted and not connection.reusable
+
+
+@pytest.mark.parametrize(
+    ("method", "target"),
+    [("GET", "/a b"), ("GET", "/a\r\nX-Injected: 1"), ("GE T", "/"), ("GET", "/caf\u00e9"), ("GET", "")],
+)
+def test_a_request_line_that_could_be_read_two_ways_is_refused(method: str, target: str) -> None:
+    with pytest.raises(ValueError):
+        request_head(method, target, HTTPHeaders())
+
+
+@pytest.mark.gen_test(timeout=10)
+async def test_the_client_frames_request_bodies_itself(keepalive: Any) -> None:
+    """A caller's Transfer-Encoding or Content-Length never reaches the upstream beside the
+    client's own, which could make it read a different request than the one sent."""
+    upstream = await keepalive(lambda seen: Answer(ok(b"{}")))
+    client = UpstreamClient(connect_timeout=5)
+    try:
+        response = await client.call(
+            f"{upstream.url}/echo",
+            b'{"a": 1}',
+            5,
+            headers={"Transfer-Encoding": "chunked", "Content-Length": "999"},
+        )
+        assert response.code == 200
+        seen = upstream.seen[0]
+        assert seen.body == b'{"a": 1}'
+        assert seen.headers["content-length"] == "8" and "transfer-encoding" not in seen.headers
+    finally:
+        client.close()
+
+
+@pytest.mark.gen_test(timeout=10)
+async def test_aborting_an_upload_the_upstream_does_not_read_frees_everything(caplog: Any) -> None:
+    """The upload's writes wait for the upstream to take them; an abort then must not trip
+    over that wait (it once raised inside the loop's connection_lost callback)."""
+    closed = asyncio.Event()
+
+    async def never_reads(reader: Reader, writer: Writer) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            await asyncio.sleep(0.7)  # reads nothing more for a while (its buffer fills, TCP stalls)
+            while await reader.read(65536):
+                pass
+        except ConnectionError:
+            pass
+        closed.set()
+        writer.close()
+
+    server = await asyncio.start_server(never_reads, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = UpstreamClient(connect_timeout=5)
+    written = 0
+
+    async def produce(write: Callable[[bytes], Awaitable[None]]) -> None:
+        nonlocal written
+        while True:
+            await write(b"x" * 65536)
+            written += 65536
+
+    request = AbortableRequest(
+        f"http://127.0.0.1:{port}/",
+        method="POST",
+        body_producer=produce,
+        headers=HTTPHeaders({"Content-Length": str(2**30)}),
+    )
+    fetching = asyncio.ensure_future(client.fetch(request))
+    try:
+        await asyncio.sleep(0.5)
+        assert 0 < written < 64 * 2**20  # held back by the upstream not reading
+        request.abort(UpstreamAborted("client_closed"))
+        with pytest.raises(UpstreamAborted):
+            await asyncio.wait_for(fetching, 1)
+        await asyncio.wait_for(closed.wait(), 2)
+        await asyncio.sleep(0.05)
+        assert client.active_fetches == 0
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    finally:
+        fetching.cancel()
+        client.close()
+        server.close()

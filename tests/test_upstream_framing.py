@@ -16,7 +16,7 @@ import asyncio
 import dataclasses
 import json
 import re
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -45,20 +45,6 @@ SMUGGLED = ok(b'{"smuggled": true}')  # a whole forged answer, hidden in some fr
 @pytest.fixture
 def cookie(session_cookie: Callable[..., str]) -> str:
     return session_cookie()
-
-
-@pytest.fixture
-def keepalive(io_loop: Any) -> Iterator[StartKeepAlive]:
-    started: list[KeepAliveUpstream] = []
-
-    async def start(answer: Callable[[Seen], Answer]) -> KeepAliveUpstream:
-        upstream = await KeepAliveUpstream(answer).start()
-        started.append(upstream)
-        return upstream
-
-    yield start
-    for upstream in started:
-        io_loop.run_sync(upstream.close)
 
 
 def now() -> float:

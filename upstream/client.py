@@ -155,9 +155,17 @@ class _Exchange(ResponseHandler):
             headers.setdefault("Connection", "keep-alive")
             body = request.body if request.body is not None else None
             producer: Any = request.body_producer
+            # The framing headers are the client's own: a caller's could make the upstream
+            # read a different request than the one sent.
+            headers.pop("Transfer-Encoding", None)
+            declared = headers.pop("Content-Length", None)
+            if declared is not None and not (declared.isascii() and declared.isdigit()):
+                raise ValueError("bad Content-Length")
             if body is not None:
                 headers["Content-Length"] = str(len(body))
-            chunked = producer is not None and "Content-Length" not in headers
+            elif producer is not None and declared is not None:
+                headers["Content-Length"] = declared  # the producer must write exactly that
+            chunked = producer is not None and declared is None
             if chunked:
                 headers["Transfer-Encoding"] = "chunked"
             target = (url.path or "/") + (f"?{url.query}" if url.query else "")
@@ -172,18 +180,24 @@ class _Exchange(ResponseHandler):
                 connection.close()
                 return
             self._connection = connection
-            connection.start(self, head, request.method == "HEAD", close=False)
+            close = "close" in headers.get("Connection", "").lower()
+            connection.start(self, head, request.method == "HEAD", close=close)
             if body:
                 await connection.write(body)
             elif producer is not None:
+                sent = 0
 
                 async def write(data: bytes) -> None:
+                    nonlocal sent
                     if data:
+                        sent += len(data)
                         await connection.write(chunk(data) if chunked else data)
 
                 await producer(write)
                 if chunked:
                     await connection.write(b"0\r\n\r\n")
+                elif declared is not None and sent != int(declared):
+                    raise ValueError("the body producer wrote a different length than declared")
             connection.end_request()
         except Exception as exc:
             self.fail(exc)
@@ -250,6 +264,8 @@ class _Exchange(ResponseHandler):
         connection, self._connection = self._connection, None
         if connection is not None and self._origin is not None:
             self._client.pool.give(self._origin, connection)
+        if self._task is not None and not self._task.done():
+            self._task.cancel()  # answered before the body was sent (its connection is closed)
         self._answer(response)
 
     def fail(self, error: BaseException) -> None:

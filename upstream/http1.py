@@ -42,6 +42,8 @@ _HEAD_END = re.compile(rb"\r?\n\r?\n")
 _DIGITS = re.compile(r"[0-9]{1,19}")
 _HEX = re.compile(rb"[0-9a-fA-F]{1,15}")
 _BAD_HEADER_CHARS = re.compile(r"[\x00\r\n]")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_TARGET = re.compile(r"[\x21-\x7e]+")
 
 
 class ResponseHandler:
@@ -76,6 +78,7 @@ class Http1Connection(asyncio.Protocol):
         "_handler",
         "_head_request",
         "_interim",
+        "_lost",
         "_remaining",
         "_request_done",
         "_state",
@@ -93,7 +96,8 @@ class Http1Connection(asyncio.Protocol):
         self._close_after = False
         self._request_done = False
         self._delivering = False  # a body callback is running: reading is paused
-        self._eof = False  # the upstream closed its side while bytes were still being delivered
+        self._eof = False  # the upstream closed its side cleanly (FIN, or TLS close_notify)
+        self._lost: BaseException | None = None  # the connection is gone, and how
         self._drained: asyncio.Future[None] | None = None  # set while writes are paused
 
     # -- the exchange ---------------------------------------------------------------------
@@ -106,12 +110,9 @@ class Http1Connection(asyncio.Protocol):
         self._head_request = head_request
         self._close_after = close
         self._request_done = False
-        self._eof = False
         self._interim = 0
         self._state = _State.HEAD
-        self.transport.write(head)
-        if self._buffer:  # bytes the upstream sent while idle: it is out of step
-            self._fail(HTTPInputError("unexpected bytes before the response"))
+        self.transport.write(head)  # (bytes sent while idle closed the connection: see data_received)
 
     async def write(self, data: bytes) -> None:
         """Send request body bytes; waits while the upstream is not taking them."""
@@ -119,23 +120,29 @@ class Http1Connection(asyncio.Protocol):
             raise StreamClosedError()
         self.transport.write(data)
         if self._drained is not None:
-            await self._drained
+            await asyncio.shield(self._drained)  # shared: a cancelled writer must not cancel it
             if self.transport is None:  # lost while waiting
                 raise StreamClosedError()
 
     def end_request(self) -> None:
-        """The request has gone out whole."""
+        """The request has gone out whole (an answer that came first has closed the connection)."""
         self._request_done = True
-        if self._state is _State.IDLE:  # the answer came first (an early 413)
-            self._close_after = True
 
     @property
     def reusable(self) -> bool:
-        return self._state is _State.IDLE and self._handler is None and not self._buffer and self.transport is not None
+        return (
+            self._state is _State.IDLE
+            and self._handler is None
+            and not self._buffer
+            and self.transport is not None
+            and not self.transport.is_closing()
+        )
 
     def close(self) -> None:
-        """Drop the connection at once (an abort: the upstream sees it closed)."""
+        """Drop the connection at once (an abort: the upstream sees it closed); no callback
+        reaches the exchange's handler after this."""
         self._state = _State.CLOSED
+        self._handler = None
         if self.transport is not None:
             self.transport.abort()
 
@@ -148,7 +155,7 @@ class Http1Connection(asyncio.Protocol):
         if self._state is _State.CLOSED:
             return
         if self._state is _State.IDLE:
-            self._buffer += data  # checked when the next exchange starts, or the pool looks
+            self.close()  # bytes nobody asked for: the upstream is out of step
             return
         try:
             if (
@@ -163,7 +170,7 @@ class Http1Connection(asyncio.Protocol):
                     self._remaining -= len(data)
                 self._deliver(data)
                 if self._state is _State.LENGTH and self._remaining == 0 and not self._delivering:
-                    self._finish()
+                    self._finish()  # no-op if the delivery failed the exchange
                 return
             self._buffer += data
             self._process()
@@ -171,31 +178,26 @@ class Http1Connection(asyncio.Protocol):
             self._fail(exc)
 
     def eof_received(self) -> bool:
-        if self._state is _State.UNTIL_CLOSE and not self._delivering and not self._buffer:
-            self._finish()
-        elif self._state is _State.UNTIL_CLOSE:
-            self._eof = True  # the body ends once the pending bytes are delivered
-            return True
-        elif self._state is not _State.IDLE and self._state is not _State.CLOSED:
-            self._fail(HTTPStreamClosedError("Connection closed"))
-        return False  # close the transport
+        # The outcome is decided once what was received has been delivered (`_settle`): TLS
+        # protocols call this straight after the last data, while its delivery is under way.
+        self._eof = True
+        if self._state is _State.IDLE:
+            self._state = _State.CLOSED
+        elif self._handler is not None and not self._delivering:
+            self._settle()
+        return False  # close our side too (ignored under TLS, which closes anyway)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        was = self._state
-        self._state = _State.CLOSED
-        if self._drained is not None:
-            self._drained.set_result(None)
-            self._drained = None
-        if self._handler is not None:
-            if was is _State.UNTIL_CLOSE and exc is None and not self._delivering:
-                self._state = _State.UNTIL_CLOSE
-                self._finish()
-                self._state = _State.CLOSED
-            elif was is _State.UNTIL_CLOSE and exc is None:
-                pass  # the delivery in progress finishes it (see _delivered)
-            else:
-                self._fail(exc or HTTPStreamClosedError("Connection closed"), close=False)
+        self._lost = exc or HTTPStreamClosedError("Connection closed")
         self.transport = None
+        if self._drained is not None:
+            if not self._drained.done():
+                self._drained.set_result(None)  # the writer then sees the connection gone
+            self._drained = None
+        if self._state is _State.IDLE:
+            self._state = _State.CLOSED
+        elif self._handler is not None and not self._delivering:
+            self._settle()
 
     def pause_writing(self) -> None:
         if self._drained is None:
@@ -203,7 +205,8 @@ class Http1Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         if self._drained is not None:
-            self._drained.set_result(None)
+            if not self._drained.done():
+                self._drained.set_result(None)
             self._drained = None
 
     # -- reading the answer -------------------------------------------------------------------
@@ -223,12 +226,10 @@ class Http1Connection(asyncio.Protocol):
                     del self._buffer[: len(data)]
                     self._remaining -= len(data)
                     self._deliver(data)
-                    if self._remaining == 0 and not self._delivering:
+                    if self._remaining == 0 and not self._delivering and self._handler is not None:
                         self._finish()
                 elif state is _State.UNTIL_CLOSE:
                     if not self._buffer:
-                        if self._eof:  # the close came while bytes were still pending
-                            self._finish()
                         return
                     data = bytes(self._buffer)
                     self._buffer.clear()
@@ -343,42 +344,65 @@ class Http1Connection(asyncio.Protocol):
 
     def _delivered(self, future: asyncio.Future[None]) -> None:
         self._delivering = False
-        if future.cancelled() or future.exception() is not None:
-            self._fail(future.exception() or asyncio.CancelledError())
+        if self._handler is None:  # aborted or failed meanwhile
             return
-        if self._state is _State.CLOSED:
-            if self._handler is not None:  # closed (cleanly) while the last bytes were delivered
-                self._state = _State.UNTIL_CLOSE
-                self._finish()
-                self._state = _State.CLOSED
+        if future.cancelled():
+            self._fail(StreamClosedError())
+            return
+        error = future.exception()
+        if error is not None:
+            self._fail(error)
             return
         if self.transport is not None:
             self.transport.resume_reading()
         if self._state is _State.LENGTH and self._remaining == 0:
             self._finish()
+            return
+        self._process()
+        if self._handler is not None and not self._delivering and (self._eof or self._lost is not None):
+            self._settle()
+
+    def _settle(self) -> None:
+        """The upstream closed (or the connection was lost) and nothing is being delivered:
+        parse what is left, then end the answer if its framing is complete, else fail it."""
+        self._process()
+        if self._handler is None or self._delivering:
+            return  # finished by what was buffered, or a delivery resumes the count
+        if self._state is _State.UNTIL_CLOSE and self._eof and not self._buffer:
+            self._finish()  # a body delimited by the close: only a clean close ends it
         else:
-            self._process()
+            self._fail(self._lost or HTTPStreamClosedError("Connection closed"))
 
     def _finish(self) -> None:
+        if self._handler is None:
+            return  # already failed or aborted
         handler, self._handler = self._handler, None
         until_close = self._state is _State.UNTIL_CLOSE
         self._state = _State.IDLE
-        if until_close or self._close_after or not self._request_done or self._buffer:
+        if (
+            until_close
+            or self._close_after
+            or not self._request_done
+            or self._buffer
+            or self._eof
+            or self._lost is not None
+        ):
             self.close()
         if handler is not None:
             handler.on_done(None)
 
-    def _fail(self, error: BaseException, close: bool = True) -> None:
+    def _fail(self, error: BaseException) -> None:
         handler, self._handler = self._handler, None
-        if close:
-            self.close()
-        self._state = _State.CLOSED
+        self.close()
         if handler is not None:
             handler.on_done(error)
 
 
 def request_head(method: str, target: str, headers: HTTPHeaders) -> bytes:
-    """The request line and headers; a CR, LF or NUL in any of them is refused (``ValueError``)."""
+    """The request line and headers; a method that is not a token, a target with anything but
+    visible ASCII, or a CR, LF or NUL in a header is refused (``ValueError``)."""
+    if not _TOKEN.fullmatch(method) or not _TARGET.fullmatch(target):
+        raise ValueError("bad request line")
     lines = [f"{method} {target} HTTP/1.1"]
     for name, value in headers.get_all():
         line = f"{name}: {value}"

@@ -5,14 +5,14 @@ This is the only place that moves bytes from an upstream to a browser. The contr
 * Status and headers go to the browser as soon as the upstream's headers arrive, filtered by
   ``upstream/headers.py``; ``text/event-stream`` responses also get
   ``Cache-Control: no-cache, no-transform`` and ``X-Accel-Buffering: no``.
-* Each body chunk is written and its flush awaited inside Tornado's ``streaming_callback``,
-  which Tornado awaits before reading more: a slow browser slows the upstream read instead
-  of growing memory. Flushes are strictly one at a time (an unawaited flush future may
+* Each body chunk is written and its flush awaited inside the fetch's ``streaming_callback``,
+  which the client (``upstream/client.py``) awaits before reading more: a slow browser slows
+  the upstream read instead of growing memory. Flushes are strictly one at a time (an unawaited flush future may
   never resolve once a later write replaces it).
 * SSE bytes are never altered; a partial trailing event is held back until it completes, so
   heartbeats (``: keep-alive``) and the final ``error`` event always fall between events.
 * One watchdog timer per relay enforces the time limits, because the fetch's own outcome is
-  not enough (a reset mid-body was seen to leave Tornado's fetch hanging): no headers within
+  not enough (a fetch has no time limits of its own on streams): no headers within
   ``response_timeout`` of the last request-body byte sent -> 504; no progress (upstream bytes
   or a completed browser write) for ``idle_timeout`` -> the stream ends. There is no total
   time limit.
@@ -149,7 +149,6 @@ class Relay:
             head_callback=self._on_head,
             streaming_callback=self._on_chunk,
         )
-        del headers, body  # fetch() sends a copy: this frame lives as long as the stream
         self._started = self._last_progress = self._loop.time()
         self._arm(self._started + self._limits.response_timeout)
         try:
