@@ -19,7 +19,7 @@ run: $(STAMP)
 # test, whose own 1,000 clients share the loop and miss its 5 s head deadline now and then on
 # uvloop (with Tornado's client as with gatehouse's); scenario B covers 9,500 streams on uvloop.
 UVLOOP_TESTS := tests/test_relay.py tests/test_upstream_client.py tests/test_upstream_pool.py \
-	tests/test_upstream_framing.py tests/test_proxy_bodies.py tests/test_chat.py
+	tests/test_upstream_framing.py tests/test_upstream_tls.py tests/test_proxy_bodies.py tests/test_chat.py
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
