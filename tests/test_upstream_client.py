@@ -144,7 +144,7 @@ class _Handler(ResponseHandler):
         self.outcome: list[BaseException | None] = []
         self.delivery: asyncio.Future[None] | None = None
 
-    def on_head(self, start: ResponseStartLine, headers: HTTPHeaders, raw: str) -> None:
+    def on_head(self, start: ResponseStartLine, headers: HTTPHeaders) -> None:
         pass
 
     def on_body(self, data: bytes) -> Awaitable[None] | None:

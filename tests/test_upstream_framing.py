@@ -24,6 +24,7 @@ import pytest
 from tests.conftest import RunningGateway, wait_until
 from tests.fakes.backend import payload
 from tests.fakes.keepalive import Answer, KeepAliveUpstream, Seen, ok
+from tests.fakes.loopback import LoopbackServer
 from tests.fakes.raw import RawUpstream, reset
 from tests.fakes.sse_scripts import RawClient, chunk
 from upstream.client import AbortableRequest, UpstreamClient
@@ -658,22 +659,11 @@ class Upload:
     after: bytes  # whatever arrived after the framed body
 
 
-class CaptureUpstream:
+class CaptureUpstream(LoopbackServer):
     """One request per connection, its body read strictly by its own framing and recorded."""
 
     def __init__(self) -> None:
         self.uploads: list[Upload] = []
-        self.port = 0
-        self._server: asyncio.Server | None = None
-
-    async def start(self) -> CaptureUpstream:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     async def _serve(self, reader: Reader, writer: Writer) -> None:
         try:
@@ -716,11 +706,6 @@ class CaptureUpstream:
         if "transfer-encoding" in headers:
             return b"", f"unexpected Transfer-Encoding {headers['transfer-encoding']!r}"
         return await reader.readexactly(int(headers.get("content-length", "0"))), None
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
 
 
 @pytest.mark.parametrize(

@@ -107,7 +107,6 @@ class _Exchange(ResponseHandler):
         "_started",
         "_task",
         "_timer",
-        "code",
         "done",
         "reused",
     )
@@ -120,11 +119,10 @@ class _Exchange(ResponseHandler):
         self._connection: Http1Connection | None = None
         self._origin: Origin | None = None
         self._body: bytearray | None = None
-        self._head: tuple[ResponseStartLine, HTTPHeaders] | None = None
+        self._head: tuple[ResponseStartLine, HTTPHeaders | None] | None = None  # None: none came yet
         self._task: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._started = time.monotonic()
-        self.code: int | None = None
         self.done = False
         self.reused = False
 
@@ -153,7 +151,7 @@ class _Exchange(ResponseHandler):
             headers = request.headers
             headers.setdefault("Host", url.netloc.rpartition("@")[2])
             headers.setdefault("Connection", "keep-alive")
-            body = request.body if request.body is not None else None
+            body = request.body
             producer: Any = request.body_producer
             # The framing headers are the client's own: a caller's could make the upstream
             # read a different request than the one sent.
@@ -217,11 +215,10 @@ class _Exchange(ResponseHandler):
 
     # -- ResponseHandler -------------------------------------------------------------------
 
-    def on_head(self, start: ResponseStartLine, headers: HTTPHeaders, raw: str) -> None:
-        self.code = start.code
+    def on_head(self, start: ResponseStartLine, headers: HTTPHeaders) -> None:
         request = self._request
         if isinstance(request, AbortableRequest) and request.head_callback is not None:
-            self._head = (start, HTTPHeaders())  # the caller has them; not held for a whole stream
+            self._head = (start, None)  # the caller has the headers: not held for a whole stream
             request.head_callback(start, headers)
             return
         self._head = (start, headers)
@@ -257,7 +254,7 @@ class _Exchange(ResponseHandler):
             start.code,
             reason=start.reason,
             headers=headers,
-            buffer=BytesIO(bytes(self._body or b"")),
+            buffer=BytesIO(self._body or b""),  # copies it once
             request_time=time.monotonic() - self._started,
             effective_url=self._request.url,
         )
@@ -274,7 +271,7 @@ class _Exchange(ResponseHandler):
             return
         if (
             self.reused
-            and self.code is None
+            and self._head is None
             and isinstance(error, (HTTPStreamClosedError, StreamClosedError, ConnectionError))
             and isinstance(self._request, AbortableRequest)
         ):

@@ -51,7 +51,7 @@ class ResponseHandler:
 
     __slots__ = ()
 
-    def on_head(self, start: ResponseStartLine, headers: HTTPHeaders, raw: str) -> None: ...
+    def on_head(self, start: ResponseStartLine, headers: HTTPHeaders) -> None: ...
     def on_body(self, data: bytes) -> Awaitable[None] | None: ...
     def on_done(self, error: BaseException | None) -> None: ...
 
@@ -222,10 +222,7 @@ class Http1Connection(asyncio.Protocol):
                 elif state is _State.LENGTH:
                     if not self._buffer:
                         return
-                    data = bytes(self._buffer[: self._remaining])
-                    del self._buffer[: len(data)]
-                    self._remaining -= len(data)
-                    self._deliver(data)
+                    self._deliver(self._take_counted())
                     if self._remaining == 0 and not self._delivering and self._handler is not None:
                         self._finish()
                 elif state is _State.UNTIL_CLOSE:
@@ -246,9 +243,7 @@ class Http1Connection(asyncio.Protocol):
                 elif state is _State.CHUNK_DATA:
                     if not self._buffer:
                         return
-                    data = bytes(self._buffer[: self._remaining])
-                    del self._buffer[: len(data)]
-                    self._remaining -= len(data)
+                    data = self._take_counted()
                     if self._remaining == 0:
                         self._state = _State.CHUNK_END
                     self._deliver(data)
@@ -269,6 +264,13 @@ class Http1Connection(asyncio.Protocol):
                     return
         except Exception as exc:  # malformed (HTTPInputError), or a callback's own error
             self._fail(exc)
+
+    def _take_counted(self) -> bytes:
+        """Up to ``_remaining`` buffered body bytes, counted off."""
+        data = bytes(self._buffer[: self._remaining])
+        del self._buffer[: len(data)]
+        self._remaining -= len(data)
+        return data
 
     def _line(self) -> bytes | None:
         end = self._buffer.find(b"\r\n", 0, MAX_CHUNK_LINE + 2)
@@ -302,7 +304,7 @@ class Http1Connection(asyncio.Protocol):
             return True
         self._frame(start, headers)
         assert self._handler is not None
-        self._handler.on_head(start, headers, raw)
+        self._handler.on_head(start, headers)
         if self._state is _State.LENGTH and self._remaining == 0:
             self._finish()
         return True
@@ -377,19 +379,11 @@ class Http1Connection(asyncio.Protocol):
         if self._handler is None:
             return  # already failed or aborted
         handler, self._handler = self._handler, None
-        until_close = self._state is _State.UNTIL_CLOSE
         self._state = _State.IDLE
-        if (
-            until_close
-            or self._close_after
-            or not self._request_done
-            or self._buffer
-            or self._eof
-            or self._lost is not None
-        ):
+        # A close-delimited body set _close_after when it was framed.
+        if self._close_after or not self._request_done or self._buffer or self._eof or self._lost is not None:
             self.close()
-        if handler is not None:
-            handler.on_done(None)
+        handler.on_done(None)
 
     def _fail(self, error: BaseException) -> None:
         handler, self._handler = self._handler, None

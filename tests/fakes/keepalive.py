@@ -12,6 +12,8 @@ import asyncio
 import dataclasses
 from collections.abc import Callable
 
+from tests.fakes.loopback import LoopbackServer
+
 __all__ = ["Answer", "KeepAliveUpstream", "Seen", "ok"]
 
 
@@ -37,24 +39,13 @@ def ok(body: bytes, *extra_headers: str, version: str = "HTTP/1.1") -> bytes:
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
-class KeepAliveUpstream:
+class KeepAliveUpstream(LoopbackServer):
     def __init__(self, answer: Callable[[Seen], Answer]) -> None:
         self.answer = answer
         self.seen: list[Seen] = []
         self.connections = 0
         self.closed_connections = 0
-        self.port = 0
-        self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> KeepAliveUpstream:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     @property
     def open_connections(self) -> int:
@@ -98,6 +89,4 @@ class KeepAliveUpstream:
     async def close(self) -> None:
         for writer in list(self._writers):
             writer.close()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+        await super().close()

@@ -13,6 +13,8 @@ import socket
 import struct
 from collections.abc import Awaitable, Callable
 
+from tests.fakes.loopback import LoopbackServer
+
 __all__ = ["RawUpstream", "reset"]
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -25,26 +27,15 @@ def reset(writer: asyncio.StreamWriter) -> None:
     writer.transport.abort()
 
 
-class RawUpstream:
+class RawUpstream(LoopbackServer):
     def __init__(self, script: Script | None = None) -> None:
         self.script = script
         self.connections = 0
         self.heads: list[bytes] = []
         self.closed_at: list[float] = []
         self.bytes_after_head = 0
-        self._server: asyncio.Server | None = None
-        self.port = 0
         self.connected = asyncio.Event()
         self.closed = asyncio.Event()
-
-    async def start(self) -> RawUpstream:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, backlog=4096)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -71,7 +62,3 @@ class RawUpstream:
         if task is not None:
             task.cancel()
         writer.close()
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
