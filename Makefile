@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint check clean bench load
+.PHONY: run test lint check clean bench load fuzz
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ UVLOOP_TESTS := tests/test_relay.py tests/test_upstream_client.py tests/test_ups
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 	GATEHOUSE_TEST_LOOP=uvloop $(PY) -m pytest $(UVLOOP_TESTS) -k "not test_1000_aborted_streams" $(PYTEST_ARGS)
+
+# The property-based suite runs in `make test` with a bounded profile; this runs it much longer
+# (not in CI). HYPOTHESIS_PROFILE is read by tests/fuzz_strategies.py.
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest tests/test_fuzz_*.py $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -6,11 +6,27 @@ import base64
 import binascii
 import json
 import time
-from typing import Any
+from typing import Any, TypeGuard
 
-__all__ = ["CLOCK_TOLERANCE", "InvalidToken", "b64url_decode", "b64url_encode", "json_segment", "unexpired"]
+__all__ = [
+    "CLOCK_TOLERANCE",
+    "InvalidToken",
+    "b64url_decode",
+    "b64url_encode",
+    "is_number",
+    "json_segment",
+    "unexpired",
+]
 
 CLOCK_TOLERANCE = 15  # seconds, as next-auth's and Auth.js's decode
+MAX_NUMBER = 2.0**53  # what a JSON number may be to gatehouse: exact as a float, and a date's seconds
+MAX_TIMESTAMP = 253_402_300_799  # 9999-12-31T23:59:59Z: the last second a datetime can show
+
+
+def is_number(value: object) -> TypeGuard[float]:
+    """A JSON number gatehouse can compute with: ``json`` also yields ``True``, ``NaN``,
+    ``inf`` and integers such as ``10**400`` that overflow a float."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and -MAX_NUMBER <= value <= MAX_NUMBER
 
 
 class InvalidToken(Exception):
@@ -21,8 +37,8 @@ def unexpired(claims: dict[str, Any], now: float | None = None) -> dict[str, Any
     """``claims``, unless their ``exp`` has passed (with `CLOCK_TOLERANCE`): `InvalidToken`."""
     exp = claims.get("exp")
     if exp is not None:
-        if not isinstance(exp, (int, float)):
-            raise InvalidToken("exp is not a number")
+        if not is_number(exp) or exp > MAX_TIMESTAMP:
+            raise InvalidToken("exp is not a date")
         if exp + CLOCK_TOLERANCE < (time.time() if now is None else now):
             raise InvalidToken("session expired")
     return claims

@@ -21,12 +21,11 @@ import asyncio
 import dataclasses
 import hashlib
 import json
-import math
 import time
 from collections.abc import Mapping
-from typing import Any, TypeGuard
+from typing import Any
 
-from auth.jose import InvalidToken, b64url_decode, json_segment
+from auth.jose import InvalidToken, b64url_decode, is_number, json_segment
 from upstream.client import UpstreamClient
 
 __all__ = [
@@ -55,11 +54,6 @@ class Tokens:
     expires_at: float | None  # epoch seconds
 
 
-def _number(value: object) -> TypeGuard[float]:
-    """A finite JSON number (``json`` also yields ``True``, ``NaN`` and ``inf``)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _token_exp(access_token: str) -> float | None:
     """The ``exp`` of a JWT access token, read without verification (it is the backend's to
     verify; the gateway only needs to know when to refresh). None if it is not a JWT."""
@@ -70,17 +64,17 @@ def _token_exp(access_token: str) -> float | None:
         exp = json_segment(b64url_decode(parts[1])).get("exp")
     except InvalidToken:
         return None
-    return float(exp) if _number(exp) else None
+    return float(exp) if is_number(exp) else None
 
 
 def access_expiry(claims: Mapping[str, Any], access_token: str) -> float | None:
     """When the session's access token expires (epoch seconds), from ``accessTokenExpires``
     (ms), ``expires_at`` (s) or the token's own ``exp``; None when nothing says."""
     millis = claims.get("accessTokenExpires")
-    if _number(millis):
+    if is_number(millis):
         return float(millis) / 1000
     seconds = claims.get("expires_at")
-    if _number(seconds):
+    if is_number(seconds):
         return float(seconds)
     return _token_exp(access_token)
 
@@ -112,11 +106,11 @@ def parse_tokens(data: object, old_refresh_token: str | None = None) -> Tokens:
         raise RefreshUnavailable("the answer holds no access token")
     refresh = data.get("refresh_token") or data.get("refreshToken") or old_refresh_token or ""
     expires_at: float | None
-    if _number(data.get("expires_in")):
+    if is_number(data.get("expires_in")):
         expires_at = time.time() + data["expires_in"]
-    elif _number(data.get("expires_at")):
+    elif is_number(data.get("expires_at")):
         expires_at = float(data["expires_at"])
-    elif _number(data.get("accessTokenExpires")):
+    elif is_number(data.get("accessTokenExpires")):
         expires_at = data["accessTokenExpires"] / 1000
     else:
         expires_at = _token_exp(access)

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import jwt
 from tornado.httputil import HTTPHeaders
 
+from auth.jose import is_number
 from auth.session import Unauthenticated, request_cookies
 from settings import SupabaseSettings
 from upstream.client import UpstreamClient
@@ -185,12 +186,39 @@ def checked_claims(token: str, issuer: str, key: Any = None, alg: str | None = N
                 "require": ["exp", "sub", "aud", "iss"],
             },
         )
-    except (jwt.PyJWTError, ValueError, RecursionError):
+    except (jwt.PyJWTError, ValueError, TypeError, RecursionError):
         raise Unauthenticated(_INVALID) from None
-    sub = claims.get("sub")
-    if not isinstance(sub, str) or not sub or isinstance(claims.get("exp"), bool):
+    if not _claims_well_typed(claims):
         raise Unauthenticated(_INVALID)
     return claims
+
+
+def _claims_well_typed(claims: Mapping[str, Any]) -> bool:
+    """Whether each claim gatehouse reads has its RFC 7519 type. PyJWT checks values, not all
+    types: it takes ``"exp": "9999999999"`` for a date and lets any ``sub`` through."""
+    sub, exp, iss, aud = claims.get("sub"), claims.get("exp"), claims.get("iss"), claims.get("aud")
+    return (
+        isinstance(sub, str)
+        and bool(sub)
+        and is_number(exp)
+        and all(is_number(claims[name]) for name in ("iat", "nbf") if name in claims)
+        and isinstance(iss, str)
+        and (isinstance(aud, str) or (isinstance(aud, list) and all(isinstance(a, str) for a in aud)))
+    )
+
+
+def _unverified_header(token: str) -> tuple[str, str | None]:
+    """The ``alg`` and ``kid`` of ``token``'s JOSE header, or `Unauthenticated`. PyJWT parses
+    the header but leaves its field types unchecked: an ``alg`` that is a list or an object must
+    be a refusal like any other, never an error on a set lookup."""
+    try:
+        header = jwt.get_unverified_header(token)
+    except (jwt.PyJWTError, ValueError, TypeError, RecursionError):
+        raise Unauthenticated(_INVALID) from None
+    alg, kid, typ = header.get("alg"), header.get("kid"), header.get("typ")
+    if not isinstance(alg, str) or not isinstance(kid, str | None) or not isinstance(typ, str | None):
+        raise Unauthenticated(_INVALID)
+    return alg, kid
 
 
 class LocalVerifier:
@@ -202,15 +230,11 @@ class LocalVerifier:
         self._jwks = jwks
 
     async def verify(self, token: str) -> dict[str, Any]:
-        try:
-            header = jwt.get_unverified_header(token)
-        except (jwt.PyJWTError, ValueError, RecursionError):
-            raise Unauthenticated(_INVALID) from None
-        alg, kid = header.get("alg"), header.get("kid")
+        alg, kid = _unverified_header(token)
         key: Any
         if alg == "HS256" and self._secret is not None:
             key = self._secret
-        elif alg in ASYMMETRIC and isinstance(kid, str):
+        elif alg in ASYMMETRIC and kid is not None:
             jwk = await self._jwks.key(kid)
             if jwk is None or jwk.algorithm_name != alg:
                 raise Unauthenticated(_INVALID)
@@ -331,6 +355,7 @@ class RemoteVerifier:
     async def verify(self, token: str) -> dict[str, Any]:
         """The token's claims, once Supabase has confirmed the session (or did so recently);
         claims that fail here never cost a call."""
+        _unverified_header(token)  # ill-typed headers are refused here too, not left to Supabase
         claims = checked_claims(token, self._issuer)
         digest = hashlib.sha256(token.encode()).digest()
         until = self._valid.get(digest)

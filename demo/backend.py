@@ -3,7 +3,9 @@
 Endpoints (all JSON unless noted; those marked * need ``Authorization: Bearer <access token>``):
 
 * ``GET /me`` *: the signed-in user
-* ``GET /items`` *, ``POST /items`` * (JSON): a tiny per-process list
+* ``GET /items`` *, ``POST /items`` * (JSON): a tiny per-process list; an item's ``data`` is the
+  body as it came (not parsed and serialised again), and the list keeps the newest 100 items within
+  1 MiB (`ITEMS_KEPT`, `ITEMS_BYTES`); a body that is not JSON in UTF-8 is 400 ``invalid_json``
 * ``POST /upload`` * (multipart/form-data): name, size and SHA-256 of each uploaded file
 * ``GET /completion?prompt=`` *: a Server-Sent Events "completion", one word per event
 * ``POST /auth/login`` ``{"username", "password"}``: tokens for the demo user (``demo``/``demo``)
@@ -17,20 +19,26 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 import secrets
+import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import jwt
-from tornado.httputil import parse_body_arguments
-from tornado.web import Application, RequestHandler
+from tornado.web import Application
+
+from demo.common import History, PathOnlyLogging
 
 __all__ = ["DEMO_USER", "TokenIssuer", "make_backend_app"]
 
 DEMO_USER = {"id": "demo-user", "name": "Demo User", "email": "demo@example.com"}
 ACCESS_TOKEN_SECONDS = 15 * 60
 ITEMS_KEPT = 100
+ITEMS_BYTES = 1024 * 1024  # GET /items sends them all, on every call
+JSON_WHITESPACE = b" \t\r\n"
 
 
 class TokenIssuer:
@@ -59,14 +67,17 @@ class TokenIssuer:
         return None if user_id is None else self.issue(user_id)
 
 
-class _Handler(RequestHandler):
-    def initialize(self, tokens: TokenIssuer, items: list[dict[str, Any]]) -> None:
-        self.tokens, self.items = tokens, items
+class _Handler(PathOnlyLogging):
+    def initialize(self, tokens: TokenIssuer, items: History[bytes], ids: Iterator[int]) -> None:
+        self.tokens, self.items, self.ids = tokens, items, ids
 
     def reply(self, payload: Any, status: int = 200) -> None:
+        self.reply_json_text(json.dumps(payload).encode(), status)
+
+    def reply_json_text(self, text: bytes, status: int = 200) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(payload))
+        self.finish(text)
 
     def user(self) -> str | None:
         scheme, _, token = self.request.headers.get("Authorization", "").partition(" ")
@@ -78,7 +89,7 @@ class _Handler(RequestHandler):
     def body_json(self) -> Any:
         try:
             return json.loads(self.request.body or b"null")
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
 
 
@@ -89,24 +100,32 @@ class Me(_Handler):
 
 
 class Items(_Handler):
+    """Items are kept as JSON text: parsed, a body can take many times its size in memory, and
+    one nested a few hundred levels deep parses but then fails to serialise again, which would
+    break every later ``GET /items``."""
+
     def get(self) -> None:
         if self.user():
-            self.reply({"items": self.items})
+            self.reply_json_text(b'{"items": [' + b", ".join(self.items) + b"]}")
 
     def post(self) -> None:
-        if self.user():
-            item = {"id": self.items[-1]["id"] + 1 if self.items else 1, "data": self.body_json()}
-            self.items.append(item)
-            del self.items[:-ITEMS_KEPT]  # a long-running demo keeps the newest only
-            self.reply(item, 201)
+        if not self.user():
+            return
+        data = self.request.body.strip(JSON_WHITESPACE) or b"null"
+        try:
+            json.loads(data.decode("utf-8"))  # bytes would be guessed UTF-16 or -32, and spliced as such
+        except (ValueError, RecursionError):
+            self.reply({"error": "invalid_json", "message": "The request body is not JSON in UTF-8."}, 400)
+            return
+        item = b'{"id": %d, "data": %s}' % (next(self.ids), data)
+        self.items.append(item, sys.getsizeof(item))
+        self.reply_json_text(item, 201)
 
 
 class Upload(_Handler):
     def post(self) -> None:
         if not self.user():
             return
-        files: dict[str, list[Any]] = {}
-        parse_body_arguments(self.request.headers.get("Content-Type", ""), self.request.body, {}, files)
         self.reply(
             {
                 "files": [
@@ -116,7 +135,7 @@ class Upload(_Handler):
                         "size": len(f.body),
                         "sha256": hashlib.sha256(f.body).hexdigest(),
                     }
-                    for field, items in files.items()
+                    for field, items in self.request.files.items()
                     for f in items
                 ]
             }
@@ -163,9 +182,16 @@ class PasswordReset(_Handler):
         self.reply({"sent": True, "note": "demo: no mail is sent"})
 
 
+class NotFound(_Handler):
+    """Every other path (Tornado's own 404 handler would log the query string)."""
+
+    def prepare(self) -> None:
+        self.reply({"detail": "Not Found"}, 404)
+
+
 def make_backend_app() -> tuple[Application, TokenIssuer]:
     tokens = TokenIssuer()
-    args = {"tokens": tokens, "items": []}
+    args = {"tokens": tokens, "items": History[bytes](ITEMS_BYTES, ITEMS_KEPT), "ids": itertools.count(1)}
     app = Application(
         [
             (r"/me", Me, args),
@@ -176,6 +202,8 @@ def make_backend_app() -> tuple[Application, TokenIssuer]:
             (r"/auth/refresh", Refresh, args),
             (r"/auth/password-reset", PasswordReset, args),
         ],
+        default_handler_class=NotFound,
+        default_handler_args=args,
         log_function=lambda handler: None,
     )
     return app, tokens

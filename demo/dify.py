@@ -27,10 +27,15 @@ user must be provided."); a resource of another user is 404 ``not_found``.
   ``POST /v1/audio-to-text`` (multipart ``file`` + ``user``): ``{"text": ...}``.
 * ``GET /v1/parameters``, ``/v1/info``, ``/v1/meta``: app configuration (no ``user`` needed, as in Dify).
 
-`DifyFake` holds the state tests inspect: `requests` (every request, `Recorded`), `conversations`,
-`messages`, `files`, `stops` (`Stop`: task id, user, ``time.monotonic()`` of arrival), live `tasks`,
-and `disconnects` (times a client went away mid-stream). `make_dify_app` returns the `Application`
-with its `DifyFake` in ``app.settings["dify"]``. Waits wake early on `DifyFake.shutdown`.
+`DifyFake` holds the state tests inspect: `requests` (every request, `Recorded`; the newest within
+`HISTORY_BYTES`), `conversations`, `messages`, `files`, `stops` (`Stop`: task id, user,
+``time.monotonic()`` of arrival), live `tasks`, and `disconnects` (times a client went away mid-stream).
+`make_dify_app` returns the `Application` with its `DifyFake` in ``app.settings["dify"]``. Waits wake
+early on `DifyFake.shutdown`.
+
+A JSON body nested deeper than `MAX_JSON_DEPTH` (64) is 400 ``invalid_param``: what is stored is sent
+back later (``inputs`` in conversations and messages), and serialising it again must not hit Python's
+recursion limit.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ import json
 import re
 import socket
 import struct
+import sys
 import time
 import uuid
 from collections import deque
@@ -51,6 +57,8 @@ from typing import Any, NamedTuple, TypeVar
 
 from tornado.iostream import StreamClosedError
 from tornado.web import Application, HTTPError, RequestHandler
+
+from demo.common import History, PathOnlyLogging
 
 __all__ = [
     "Conversation",
@@ -69,6 +77,8 @@ __all__ = [
 Json = dict[str, Any]
 PING = b"event: ping\n\n"
 HISTORY = 1000  # requests, conversations, messages, files and stops kept, the newest first
+HISTORY_BYTES = 4 * 1024 * 1024  # and the requests within this many bytes
+MAX_JSON_DEPTH = 64
 _REASONS = {
     400: "bad_request",
     401: "unauthorized",
@@ -91,6 +101,16 @@ def remember(store: MutableMapping[K, V], key: K, value: V, limit: int = HISTORY
     store[key] = value
     while len(store) > limit:
         del store[next(iter(store))]
+
+
+def nesting_depth(value: Any) -> int:
+    """How deeply ``value``'s lists and dicts nest (a scalar: 0; ``[]`` and ``{"a": 1}``: 1), without
+    recursion, since the value may nest as deep as Python's recursion limit allows."""
+    depth, level = 0, [value]
+    while containers := [v for v in level if isinstance(v, dict | list)]:
+        depth += 1
+        level = [child for c in containers for child in (c.values() if isinstance(c, dict) else c)]
+    return depth
 
 
 def _phrase(status: int) -> str:
@@ -145,12 +165,26 @@ class Recorded:
     path: str
     query: dict[str, str]  # first value of each argument
     headers: dict[str, str]  # lower-case names
-    json: Any  # the parsed JSON body, or None (no body, not JSON, multipart)
+    body: bytes  # a JSON body, kept as text (parsed, it takes many times the memory); else b""
     body_size: int
     at: float  # time.monotonic() on arrival
 
+    @property
+    def json(self) -> Any:
+        """The parsed JSON body, or None (no body, not JSON, multipart)."""
+        try:
+            return json.loads(self.body) if self.body else None
+        except (ValueError, RecursionError):
+            return None
+
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())
+
+    def footprint(self) -> int:
+        """The bytes this record holds, as ``sys.getsizeof`` counts its objects."""
+        strings = (*self.query, *self.query.values(), *self.headers, *self.headers.values())
+        held = (self, vars(self), self.method, self.path, self.query, self.headers, self.body, self.body_size, self.at)
+        return sum(map(sys.getsizeof, (*held, *strings)))
 
 
 class Stop(NamedTuple):
@@ -271,9 +305,9 @@ class DifyFake:
         self.word_delay = word_delay
         self.ping_every = ping_every
         self.upload_limit = upload_limit
-        # What it keeps is bounded (the newest HISTORY of each), so a long-running demo or load
-        # test does not grow without end.
-        self.requests: deque[Recorded] = deque(maxlen=HISTORY)
+        # What it keeps is bounded (the newest HISTORY of each, the requests also in bytes), so a
+        # long-running demo or load test does not grow without end.
+        self.requests = History[Recorded](HISTORY_BYTES, HISTORY)
         self.conversations: dict[str, Conversation] = {}
         self.messages: dict[str, Message] = {}
         self.files: dict[str, UploadedFile] = {}
@@ -369,7 +403,7 @@ class DifyFake:
         self._closing.set()
 
 
-class DifyHandler(RequestHandler):
+class DifyHandler(PathOnlyLogging):
     """Records the request, checks the API key, turns `DifyError` into Dify's error body."""
 
     SUPPORTED_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
@@ -384,22 +418,17 @@ class DifyHandler(RequestHandler):
 
     def record_request(self) -> None:
         body = self.request.body or b""
-        parsed: Any = None
-        if body and self.request.headers.get("Content-Type", "").split(";")[0].strip().endswith("json"):
-            try:
-                parsed = json.loads(body)
-            except ValueError:
-                parsed = None
+        is_json = self.request.headers.get("Content-Type", "").split(";")[0].strip().endswith("json")
         self.record = Recorded(
             self.request.method or "",
             self.request.path,
             {name: self.get_query_argument(name) for name in self.request.query_arguments},
             {name.lower(): value for name, value in self.request.headers.items()},
-            parsed,
+            body if is_json else b"",
             len(body),
             time.monotonic(),
         )
-        self.dify.requests.append(self.record)
+        self.dify.requests.append(self.record, self.record.footprint())
 
     def check_key(self) -> None:
         auth = self.request.headers.get("Authorization")
@@ -438,12 +467,14 @@ class DifyHandler(RequestHandler):
             return {}
         try:
             value = json.loads(self.request.body)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise DifyError(
                 400, "bad_request", "The browser (or proxy) sent a request that this server could not understand."
             ) from None
         if not isinstance(value, dict):
             raise DifyError(400, "invalid_param", "The request body must be a JSON object.")
+        if nesting_depth(value) > MAX_JSON_DEPTH:
+            raise DifyError(400, "invalid_param", f"The request body is nested deeper than {MAX_JSON_DEPTH} levels.")
         return value
 
     @staticmethod

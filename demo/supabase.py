@@ -63,7 +63,9 @@ from urllib.parse import quote, unquote_to_bytes, urlsplit
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
-from tornado.web import Application, RequestHandler
+from tornado.web import Application
+
+from demo.common import PathOnlyLogging
 
 __all__ = [
     "DEMO_EMAIL",
@@ -597,7 +599,7 @@ def _api_version_2024(value: str | None) -> bool:
         return False
 
 
-class _Handler(RequestHandler):
+class _Handler(PathOnlyLogging):
     needs_apikey = True
     counter: str | None = None
 

@@ -20,7 +20,9 @@ from typing import Any
 from auth.cookies import names_present
 from auth.refresh import RefreshUnavailable, parse_tokens
 from auth.session import Session, Unauthenticated, request_cookies
-from handlers.base import ApiError, BaseHandler, parse_json
+from handlers.base import NO_BODY_LIMIT, BaseHandler
+from handlers.errors import ApiError
+from handlers.json_body import parse_json
 
 __all__ = ["LoginHandler", "LogoutHandler", "SessionHandler"]
 
@@ -43,6 +45,10 @@ def public_user(claims: dict[str, Any]) -> dict[str, Any]:
 
 
 class _AuthHandler(BaseHandler):
+    def body_limit(self) -> int:
+        # Login and logout (POST) take JSON; the session (GET) takes no body.
+        return self.ctx.settings.max_json_bytes if self.request.method == "POST" else NO_BODY_LIMIT
+
     def set_default_headers(self) -> None:
         super().set_default_headers()
         self.set_header("Cache-Control", "no-store")  # who is signed in is never cacheable
@@ -55,14 +61,13 @@ class LoginHandler(_AuthHandler):
     async def post(self) -> None:
         self.check_csrf()
         settings = self.ctx.settings
-        if len(self.request.body) > settings.max_json_bytes:
-            raise ApiError(413, "payload_too_large", "The credentials are too large.")
-        if not isinstance(parse_json(self.request.body), dict):
+        credentials = self.body() or b""
+        if not isinstance(parse_json(credentials), dict):
             raise ApiError(400, "invalid_json", "Send the credentials as a JSON object.")
         try:
             answer = await self.ctx.upstream.call(
                 settings.backend_endpoint(settings.auth_login_path),
-                self.request.body,  # the credentials, byte for byte
+                credentials,  # byte for byte
                 settings.upstream_response_timeout,
             )
         except Exception:

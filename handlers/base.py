@@ -1,9 +1,16 @@
-"""The shared `RequestHandler`: JSON errors, request ids, and what the access log reads.
+"""The shared `RequestHandler`: JSON errors, request ids, request bodies, and what the access
+log reads.
 
 Every error a client sees is ``{"error": "<snake_case_code>", "message": "<sentence>"}``,
 raised anywhere as `ApiError`. Tornado's own errors (405, malformed bodies) are mapped to the
 same shape; nothing ever answers with a traceback, and exception logs carry neither the query
 string nor any header.
+
+Every route reads its body itself (``stream_request_body``), so each has its own limit
+(`body_limit`): a route that takes no body accepts at most `NO_BODY_LIMIT` bytes. A body over
+the limit is 413 before a byte of it is read when ``Content-Length`` says so, or as soon as a
+chunked body passes it; a buffered body that stops arriving for ``STREAM_IDLE_TIMEOUT`` is 408.
+Without this, Tornado would buffer up to the server-wide limit for any route before answering.
 """
 
 from __future__ import annotations
@@ -13,21 +20,27 @@ import json
 import logging
 import re
 import uuid
+from collections.abc import Awaitable
 from types import TracebackType
 from typing import Any, ClassVar
 
-from tornado.web import HTTPError, RequestHandler
+from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from auth.cookies import write_plan
 from auth.refresh import RefreshRejected, RefreshUnavailable, apply_tokens
 from auth.session import Session, SessionFormat, Unauthenticated
 from auth.supabase import AuthUnavailable, SupabaseUser
 from handlers.context import BackendFeature, ChatFeature, Context
+from handlers.errors import ApiError, too_large
+from handlers.request_body import BufferedBody
 
-__all__ = ["ApiError", "BaseHandler", "NotFoundHandler", "parse_json"]
+__all__ = ["NO_BODY_LIMIT", "BaseHandler", "NotFoundHandler"]
 
 log = logging.getLogger("gatehouse")
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_DIGITS = re.compile(r"[0-9]{1,19}")  # str.isdigit() also accepts "²"
+_UNLIMITED = 2**62  # Tornado's own body limit is lifted; each route enforces `body_limit`
+NO_BODY_LIMIT = 64 * 1024  # what a route that takes no body still reads before refusing one
 
 _DEFAULT_ERRORS: dict[int, tuple[str, str]] = {
     400: ("bad_request", "The request is malformed."),
@@ -43,15 +56,7 @@ _DEFAULT_ERRORS: dict[int, tuple[str, str]] = {
 }
 
 
-class ApiError(HTTPError):
-    """An error the client gets as JSON: ``{"error": code, "message": message}``, with
-    ``headers`` (e.g. ``Retry-After``): Tornado clears headers set before an error is sent."""
-
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(status)
-        self.code, self.message, self.headers = code, message, headers or {}
-
-
+@stream_request_body
 class BaseHandler(RequestHandler):
     route: ClassVar[str] = "other"
 
@@ -61,8 +66,77 @@ class BaseHandler(RequestHandler):
     upstream_ms: float | None = None
     bytes_out: int = 0
 
+    _body: BufferedBody | None = None
+
     def initialize(self, ctx: Context) -> None:
         self.ctx = ctx
+
+    # -- the request body --------------------------------------------------------------
+
+    def body_limit(self) -> int:
+        """The most this route reads of a request body (413 beyond)."""
+        return NO_BODY_LIMIT
+
+    def prepare(self) -> Awaitable[None] | None:
+        self.expect_body(self.body_limit())
+        return None
+
+    def admit_body(self, limit: int) -> int | None:
+        """The declared ``Content-Length`` (None without one), once it is a plain number (else
+        400) within ``limit`` (else 413, before a byte of the body is read). Tornado's own limit
+        is lifted: the route enforces ``limit`` as the body arrives."""
+        raw = self.request.headers.get("Content-Length")
+        length = None
+        if raw is not None:
+            if not _DIGITS.fullmatch(raw):
+                raise ApiError(400, "bad_request", "Content-Length is not a number.")
+            length = int(raw)
+            if length > limit:
+                raise too_large(limit)
+        self.request.connection.set_max_body_size(_UNLIMITED)  # type: ignore[union-attr]
+        return length
+
+    def has_body(self, length: int | None) -> bool:
+        return bool(length) or "Transfer-Encoding" in self.request.headers
+
+    def expect_body(self, limit: int) -> None:
+        """Read the body whole, up to ``limit`` bytes (`body` hands it over)."""
+        if self.has_body(self.admit_body(limit)):
+            self.buffer_body(limit)
+
+    def buffer_body(self, limit: int) -> None:
+        self._body = BufferedBody(limit, self.ctx.settings.stream_idle_timeout, self._body_stalled)
+
+    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
+        if self._body is not None and not self._body.add(chunk):
+            limit, self._body = self._body.limit, None
+            self.fail(too_large(limit))
+        return None
+
+    def body(self) -> bytes | None:
+        """The request body once it has arrived whole; None when none was sent."""
+        if self._body is None:
+            return None
+        body, self._body = self._body.take(), None
+        return body
+
+    def _body_stalled(self) -> None:
+        self._body = None
+        self.fail(ApiError(408, "request_timeout", "The request body stopped arriving."))
+
+    def on_finish(self) -> None:
+        self.forget_body()
+
+    def on_connection_close(self) -> None:
+        super().on_connection_close()  # fails Tornado's body future, so the request ends
+        self.forget_body()
+
+    def forget_body(self) -> None:
+        if self._body is not None:
+            self._body.close()
+            self._body = None
+
+    # -- features and sessions ---------------------------------------------------------
 
     @property
     def backend(self) -> BackendFeature:
@@ -208,22 +282,11 @@ class BaseHandler(RequestHandler):
         )
 
 
-def parse_json(body: bytes) -> Any:
-    """RFC 8259 JSON in UTF-8, or 400 ``invalid_json``: no other encoding (``json.loads`` would
-    guess UTF-16/32 from bytes), no BOM, no ``NaN``/``Infinity``, not nested deeper than Python
-    can parse."""
-    try:
-        return json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise ApiError(400, "invalid_json", "The request body is not valid JSON.") from None
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
-
-
 class NotFoundHandler(BaseHandler):
-    """Every path no route claims."""
+    """Every path no route claims: 404 once a body (up to `NO_BODY_LIMIT`) is read, so the
+    connection stays open for the next request."""
 
-    def prepare(self) -> None:
+    def get(self, *_: str) -> None:
         raise ApiError(404, "not_found", "No such route.")
+
+    head = post = put = patch = delete = options = get

@@ -20,8 +20,8 @@ import logging
 import uuid
 from typing import Any
 
-from handlers.base import ApiError
 from handlers.context import Context
+from handlers.errors import ApiError
 from handlers.relaying import RelayingHandler, Target
 from upstream.dify import dify_error
 from upstream.multipart import ForbiddenField, FormField, boundary_of

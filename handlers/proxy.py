@@ -10,7 +10,7 @@ relay, with the body handling every forwarding route shares (``handlers/relaying
 from __future__ import annotations
 
 from auth.session import Unauthenticated
-from handlers.base import ApiError
+from handlers.errors import ApiError
 from handlers.relaying import RelayingHandler, Target
 from upstream.paths import InvalidPath, parse_backend_path
 from upstream.request import upstream_headers, upstream_url

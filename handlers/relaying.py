@@ -13,7 +13,7 @@ Bodies take one of three paths:
 
 Every body has a limit (`body_limit`): 413 ``payload_too_large``, before anything is
 forwarded when ``Content-Length`` says so, or as soon as a chunked body passes it. A buffered
-body that stops arriving for ``STREAM_IDLE_TIMEOUT`` is a 408.
+body that stops arriving for ``STREAM_IDLE_TIMEOUT`` is a 408 (``handlers/base.py``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import asyncio
 import dataclasses
 import enum
 import logging
-import re
 from collections.abc import Awaitable
 from typing import Any, ClassVar
 
@@ -30,7 +29,9 @@ from tornado.httputil import HTTPHeaders
 from tornado.iostream import StreamClosedError
 from tornado.web import stream_request_body
 
-from handlers.base import ApiError, BaseHandler, parse_json
+from handlers.base import BaseHandler
+from handlers.errors import ApiError, too_large
+from handlers.json_body import parse_json
 from upstream.body import BodyPipe
 from upstream.relay import BodyProducer, HeldResponse, Relay, RelayError, RelayObserver
 
@@ -38,8 +39,6 @@ __all__ = ["RelayingHandler", "Target"]
 
 log = logging.getLogger("gatehouse")
 _BODY_METHODS = frozenset(("POST", "PUT", "PATCH"))
-_UNLIMITED = 2**62  # Tornado's own body limit is lifted; the handler enforces `body_limit`
-_DIGITS = re.compile(r"[0-9]{1,19}")  # str.isdigit() also accepts "²"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,11 +71,8 @@ class RelayingHandler(BaseHandler):
     _relay: Relay | None = None
     _pipe: BodyPipe | None = None
     _streamed: asyncio.Task[None] | None = None
-    _buffer: bytearray | None = None
     _json = False
     _received = 0
-    _body_timer: asyncio.TimerHandle | None = None
-    _body_progress = 0.0
 
     # -- hooks -------------------------------------------------------------------------
 
@@ -113,83 +109,44 @@ class RelayingHandler(BaseHandler):
 
     async def prepare(self) -> None:
         target = await self.target()
-        body, length = self._plan_body()
-        prefix = self.stream_prefix() if body is _Body.STREAMED else b""
-        if body is _Body.STREAMED and length is not None:
-            target.headers["Content-Length"] = str(length + len(prefix))
+        self._json = self.json_only or is_json(self.request.headers.get("Content-Type", ""))
+        limit = self.body_limit()
+        length = self.admit_body(limit)
+        body = self._plan_body(length)
         self._target = target
-        self.request.connection.set_max_body_size(_UNLIMITED)  # type: ignore[union-attr]
         if body is _Body.BUFFERED:
-            self._buffer = bytearray()
-            self._watch_body()
+            self.buffer_body(limit)
         elif body is _Body.STREAMED:
+            prefix = self.stream_prefix()
+            if length is not None:
+                target.headers["Content-Length"] = str(length + len(prefix))
             self._pipe = BodyPipe()
             if prefix:
                 self._pipe.feed(prefix)
             self._streamed = asyncio.ensure_future(self._forward(None, self._pipe.produce))
             self._streamed.add_done_callback(_retrieve)
 
-    def _plan_body(self) -> tuple[_Body, int | None]:
-        headers = self.request.headers
-        length: int | None = None
-        if "Content-Length" in headers:
-            raw = headers["Content-Length"]
-            if not _DIGITS.fullmatch(raw):
-                raise ApiError(400, "bad_request", "Content-Length is not a number.")
-            length = int(raw)
-        self._json = self.json_only or is_json(headers.get("Content-Type", ""))
-        limit = self.body_limit()
-        if length is not None and length > limit:
-            raise _too_large(limit)
-        if "Transfer-Encoding" not in headers and not length:
-            return _Body.NONE, length
+    def _plan_body(self, length: int | None) -> _Body:
+        if not self.has_body(length):
+            return _Body.NONE
         if self._json:
-            return _Body.BUFFERED, length
+            return _Body.BUFFERED
         if length is not None or self.request.method in _BODY_METHODS:
-            return _Body.STREAMED, length
-        return _Body.BUFFERED, length  # e.g. a chunked DELETE body: the upstream needs a length
-
-    def _watch_body(self) -> None:
-        """A buffered body has no upstream watchdog yet: end a browser that stops sending it
-        for ``STREAM_IDLE_TIMEOUT`` (the same no-progress rule as streams), or it would hold
-        this handler and its buffer for as long as it keeps the connection open."""
-        loop = asyncio.get_running_loop()
-        limit = self.ctx.settings.stream_idle_timeout
-        self._body_progress = loop.time()
-
-        def check() -> None:
-            if self._buffer is None or self._finished:
-                return  # the body arrived (or the request ended): nothing to watch
-            due = self._body_progress + limit
-            if loop.time() < due:
-                self._body_timer = loop.call_at(due, check)
-                return
-            self._buffer = None
-            self.fail(ApiError(408, "request_timeout", "The request body stopped arriving."))
-
-        self._body_timer = loop.call_at(self._body_progress + limit, check)
+            return _Body.STREAMED
+        return _Body.BUFFERED  # e.g. a chunked DELETE body: the upstream needs a length
 
     def data_received(self, chunk: bytes) -> Awaitable[None] | None:
+        if self._pipe is None:
+            return super().data_received(chunk)
         self._received += len(chunk)
-        limit = self.body_limit()
-        if self._received > limit:
-            if self._pipe is not None:
-                self._pipe.abort(_too_large(limit))  # the relay answers it and drops the upstream request
-            else:
-                self._buffer = None
-                self.fail(_too_large(limit))
+        try:
+            if self._received > self.body_limit():
+                raise too_large(self.body_limit())
+            self.check_chunk(chunk)
+        except ApiError as exc:
+            self._pipe.abort(exc)  # the relay answers it and drops the upstream request
             return None
-        if self._pipe is not None:
-            try:
-                self.check_chunk(chunk)
-            except ApiError as exc:
-                self._pipe.abort(exc)  # answered by the relay, like a 413
-                return None
-            return self._pipe.feed(chunk)
-        if self._buffer is not None:
-            self._buffer += chunk
-            self._body_progress = asyncio.get_running_loop().time()
-        return None
+        return self._pipe.feed(chunk)
 
     async def get(self, *_: str) -> None:
         if self._streamed is not None:
@@ -197,13 +154,8 @@ class RelayingHandler(BaseHandler):
             await self._pipe.close()
             await self._streamed
             return
-        body: bytes | None = None
-        parsed: Any = None
-        if self._buffer is not None:
-            body = bytes(self._buffer)
-            self._buffer = None
-            if self._json:
-                parsed = parse_json(body)
+        body = self.body()
+        parsed = parse_json(body) if body is not None and self._json else None
         await self._forward(self.upstream_body(body, parsed), None)
 
     post = put = patch = delete = get
@@ -233,17 +185,8 @@ class RelayingHandler(BaseHandler):
         if result.held is not None and self.outcome == "ok":
             self.answer_held(result.held)
 
-    def on_finish(self) -> None:
-        self._stop_watching_body()
-
-    def _stop_watching_body(self) -> None:
-        if self._body_timer is not None:
-            self._body_timer.cancel()
-            self._body_timer = None
-
     def on_connection_close(self) -> None:
-        super().on_connection_close()  # fails Tornado's body future, so the request ends
-        self._stop_watching_body()
+        super().on_connection_close()
         if self._relay is not None and self._relay.finished:
             return  # the browser hung up after the whole answer: nothing was cut short
         self.outcome = "client_closed"
@@ -257,10 +200,6 @@ class RelayingHandler(BaseHandler):
     def abandon(self, relay: Relay) -> None:
         """The browser went away mid-relay: by default the upstream request is dropped at once."""
         relay.cancel()
-
-
-def _too_large(limit: int) -> ApiError:
-    return ApiError(413, "payload_too_large", f"The request body is larger than this gateway accepts ({limit} bytes).")
 
 
 def _retrieve(task: asyncio.Task[None]) -> None:

@@ -171,3 +171,25 @@ def test_gateway_tokens_decode_with_the_same_rules_as_nextauth_fixtures() -> Non
     assert codec.decode(ours)["access_token"] == "at"
     assert codec.decode(V4["guide"]["value"])["sub"] == V4["guide"]["claims"]["sub"]
     assert ours.split(".")[0] == V4["guide"]["value"].split(".")[0]  # same protected header bytes
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("field", ["accessTokenExpires", "expires_at"])
+async def test_an_expiry_too_large_for_a_float_is_no_expiry_not_a_500(
+    field: str, gateway: RunningGateway, backend: FakeBackend, fetch: Fetch, codec: NextAuthV4Codec
+) -> None:
+    """JSON integers have no bound: 10**400 once overflowed ``float()`` in the expiry check."""
+    cookie = codec.encode({"sub": "user-1", "access_token": ACCESS_TOKEN, field: 10**400})
+    headers = {"Cookie": f"next-auth.session-token={cookie}"}
+    assert await forwarded_token(fetch, gateway, backend, headers=headers) == f"Bearer {ACCESS_TOKEN}"
+
+
+@pytest.mark.gen_test
+async def test_a_session_that_ends_after_the_year_9999_is_refused_not_a_500(
+    gateway: RunningGateway, backend: FakeBackend, fetch: Fetch, codec: NextAuthV4Codec
+) -> None:
+    """``/api/auth/session`` shows the expiry as a date, which stops at 9999-12-31."""
+    cookie = codec.encode({"sub": "user-1", "access_token": ACCESS_TOKEN}, max_age=10**20)
+    response = await fetch(gateway.url + "/api/auth/session", headers={"Cookie": f"next-auth.session-token={cookie}"})
+    assert response.code == 401 and json.loads(response.body)["error"] == "unauthorized"
+    await assert_rejected(fetch, gateway, backend, headers={"Cookie": f"next-auth.session-token={cookie}"})

@@ -77,15 +77,17 @@ async def test_a_nextauth_session_still_comes_first(
 
 
 @pytest.mark.gen_test
-@pytest.mark.parametrize("bad", ["expired", "forged", "wrong_audience"])
+@pytest.mark.parametrize("bad", ["expired", "forged", "wrong_audience", "alg_is_a_list"])
 async def test_invalid_supabase_tokens_are_401_and_never_reach_the_backend(
     bad: str, both: RunningGateway, backend: FakeBackend, supabase: FakeSupabase, fetch: Fetch
 ) -> None:
-    token = {
+    tokens: dict[str, Callable[[], str]] = {
         "expired": lambda: supabase.mint(USER, ttl=-60),
         "forged": lambda: supabase.mint(USER)[:-4] + "AAAA",
         "wrong_audience": lambda: supabase.mint(USER, aud="anon"),
-    }[bad]()
+        "alg_is_a_list": lambda: "eyJhbGciOltdfQ.e30.",  # {"alg":[]}.{}: was a 500 (issue 11)
+    }
+    token = tokens[bad]()
     response = await fetch(both.url + "/api/proxy/echo/me", headers={"Authorization": f"Bearer {token}"})
     assert response.code == 401 and json.loads(response.body)["error"] == "unauthorized"
     assert token not in response.body.decode()

@@ -160,6 +160,18 @@ def es256(supabase: FakeSupabase, claims: dict[str, Any], *, key: Any = None, ki
     return token
 
 
+def es256_any(supabase: FakeSupabase, claims: dict[str, Any], **header: Any) -> str:
+    """``claims`` signed ES256 by the fake's key as they are: `jwt.encode` refuses ill-typed
+    registered claims (an ``iss`` that is not a string), which an attacker's token may carry."""
+    signing = supabase.fake.signing_key("ES256")
+    payload = json.dumps(claims).encode()
+    return jwt.PyJWS().encode(payload, signing.private_key, algorithm="ES256", headers={"kid": signing.kid, **header})
+
+
+def unsigned(header: dict[str, Any], claims: dict[str, Any]) -> str:
+    return f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(claims).encode())}.c2ln"
+
+
 def hs256_raw(header: dict[str, Any], claims: dict[str, Any], secret: bytes) -> str:
     """HS256 by hand: PyJWT refuses to use public key material as an HMAC secret."""
     signing_input = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(claims).encode())}"
@@ -243,6 +255,26 @@ BAD_SESSIONS: list[tuple[str, Build, bool]] = [
     ("cookie base64 json without access_token", lambda s: base64_cookie('{"refresh_token":"r"}'), True),
     ("cookie access_token not a jwt", lambda s: base64_cookie('{"access_token":"nope"}'), True),
     ("bad bearer wins over a good cookie", lambda s: {**good_session(s), **bearer("not-a-jwt")}, True),
+    # Every header field and claim gatehouse reads, of a JSON type it must not be (issue 11).
+    ("alg is a list (the fuzzer's repro)", lambda s: bearer("eyJhbGciOltdfQ.e30."), True),
+    ("alg is a list in the cookie", lambda s: base64_cookie('{"access_token":"eyJhbGciOltdfQ.e30."}'), True),
+    ("alg is an object", lambda s: bearer(unsigned({"alg": {"ES256": 1}, "kid": s.kid}, claims_of(s))), True),
+    ("alg is a number", lambda s: bearer(unsigned({"alg": 256, "kid": s.kid}, claims_of(s))), True),
+    ("kid is a list", lambda s: bearer(unsigned({"alg": "ES256", "kid": [s.kid]}, claims_of(s))), True),
+    ("kid is an object", lambda s: bearer(unsigned({"alg": "ES256", "kid": {"k": s.kid}}, claims_of(s))), True),
+    ("typ is a list", lambda s: bearer(es256_any(s, claims_of(s), typ=["JWT"])), True),
+    ("sub is a number", lambda s: bearer(es256_any(s, {**claims_of(s), "sub": 12345})), True),
+    ("sub is a list", lambda s: bearer(es256_any(s, {**claims_of(s), "sub": [ALICE]})), True),
+    ("exp is a string", lambda s: bearer(es256_any(s, {**claims_of(s), "exp": str(claims_of(s)["exp"])})), True),
+    ("exp is true", lambda s: bearer(es256_any(s, {**claims_of(s), "exp": True})), True),
+    ("exp is an object", lambda s: bearer(es256_any(s, {**claims_of(s), "exp": {"at": 1}})), True),
+    ("iss is a list", lambda s: bearer(es256_any(s, {**claims_of(s), "iss": [claims_of(s)["iss"]]})), True),
+    ("aud is an object", lambda s: bearer(es256_any(s, {**claims_of(s), "aud": {"authenticated": 1}})), True),
+    ("aud lists a number", lambda s: bearer(es256_any(s, {**claims_of(s), "aud": ["authenticated", 1]})), True),
+    ("iat is a list", lambda s: bearer(es256_any(s, {**claims_of(s), "iat": []})), True),
+    ("exp overflows a float", lambda s: bearer(es256_any(s, {**claims_of(s), "exp": 10**400})), True),
+    ("exp is NaN", lambda s: bearer(es256_any(s, {**claims_of(s), "exp": float("nan")})), True),
+    ("nbf is a string", lambda s: bearer(es256_any(s, {**claims_of(s), "nbf": "0"})), True),
 ]
 
 

@@ -4,18 +4,30 @@
 with any part) and watches the browser's parts go by, so the browser cannot send a field of
 that name itself: the upstream would see two, and might believe the browser's.
 
-The upstream must read the body exactly as the gateway does, so the rules are strict where
-parsers differ: `boundary_of` accepts one plain ``boundary`` parameter of RFC 2046 characters
-(no ``boundary*``, no duplicates) and the upstream gets a Content-Type the gateway wrote; the
-browser's body must start with its first delimiter (no preamble to run into the gateway's
-part); delimiters are recognised after any line break (CRLF, LF or CR), folded part headers are
-unfolded, ``name*=`` is read too, and the epilogue after the close delimiter is still watched.
-Only part headers are examined: file contents pass unread, and nothing is buffered beyond one
-part's headers.
+A guard that reads a body differently from the upstream does not guard it, and parsers differ
+wherever RFC 7578 leaves room: Tornado splits at ``--boundary CRLF`` anywhere, reads to the
+*last* close delimiter, and takes a bare LF as a line break and unfolds folded headers;
+python-multipart (Starlette) and Werkzeug (Dify) each have their own leniencies. So the guard
+accepts only the one form every parser reads alike, the one browsers send, and refuses the rest:
+
+* the Content-Type has one plain ``boundary`` parameter of RFC 2046 characters (`boundary_of`),
+  and the upstream gets a Content-Type the gateway wrote;
+* the body starts with its first delimiter (no preamble to run into the gateway's part);
+* ``--boundary`` appears only as a delimiter: at the start or right after a CRLF, and followed by
+  CRLF (a part begins) or ``--`` (the form ends);
+* a part's header block ends at the first CRLF CRLF and holds no bare CR or LF, no NUL, no
+  folded line and no header without a colon; it has exactly one ``Content-Disposition``, of
+  ``form-data``, naming at most one field (``name=`` or RFC 2231's ``name*=``), without a
+  backslash; that name may not be the gateway's;
+* nothing but a CRLF follows the close delimiter (no epilogue).
+
+Only part headers and delimiters are examined: file contents pass unread, and nothing is held
+beyond one part's headers. `FormField` is a parser that does no I/O: it is fed chunks.
 """
 
 from __future__ import annotations
 
+import enum
 import re
 import urllib.parse
 
@@ -23,8 +35,10 @@ __all__ = ["ForbiddenField", "FormField", "boundary_of"]
 
 MAX_PART_HEADERS = 16 * 1024
 _BCHARS = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")  # RFC 2046 bchars
-_EOL = rb"(?:\r\n|\n|\r(?!\n))"  # a CRLF is one line break, never a CR and then an LF
-_LINE_BREAK = re.compile(_EOL)
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 header field names
+_CONTINUATION = re.compile(r"name\*[0-9]+\*?")  # RFC 2231: name*0=, name*1*=, ...
+_CRLF = b"\r\n"
+_END_OF_HEADERS = b"\r\n\r\n"
 
 
 class ForbiddenField(ValueError):
@@ -51,83 +65,138 @@ def boundary_of(content_type: str) -> bytes | None:
     return value.encode("ascii") if _BCHARS.fullmatch(value) else None
 
 
+class _At(enum.Enum):
+    FIRST_DELIMITER = "first delimiter"
+    HEADERS = "headers"
+    CONTENT = "content"
+    END = "after the close delimiter"
+
+
 class FormField:
     def __init__(self, boundary: bytes, name: str, value: str) -> None:
         self._name = name
         self._dashes = b"--" + boundary
-        self._delimiter = re.compile(rb"(?:\r\n|\r|\n)" + re.escape(self._dashes))
         disposition = f'Content-Disposition: form-data; name="{name}"'.encode()
         self.content_type = f'multipart/form-data; boundary="{boundary.decode("ascii")}"'
-        self.prefix = self._dashes + b"\r\n" + disposition + b"\r\n\r\n" + value.encode() + b"\r\n"
-        self._tail = b""
-        self._started = False
-        self._in_headers = False
+        self.prefix = self._dashes + _CRLF + disposition + _CRLF + _CRLF + value.encode() + _CRLF
+        self._at = _At.FIRST_DELIMITER
+        self._pending = b""  # what could not be judged yet: the start of a delimiter or a header block
 
     def check(self, chunk: bytes) -> None:
-        """Watch the next ``chunk`` of the browser's body; `ForbiddenField` if it names the field
-        or does not begin with its first delimiter."""
-        data = self._tail + chunk
-        pos = 0
-        if not self._started:
-            if len(data) < len(self._dashes):
-                self._tail = data
-                return
-            if not data.startswith(self._dashes):
+        """Watch the next ``chunk`` of the browser's body; `ForbiddenField` if the form breaks
+        one of the module's rules or names the gateway's field."""
+        data = self._pending + chunk
+        pos, more = 0, True
+        while more:
+            pos, more = self._step(data, pos)
+        self._pending = data[pos:]
+
+    def _step(self, data: bytes, pos: int) -> tuple[int, bool]:
+        """Judge what starts at ``pos``: where to go on from and True, or where to keep the bytes
+        from and False when more are needed to judge them."""
+        if self._at is _At.FIRST_DELIMITER:
+            if len(data) - pos < len(self._dashes) + 2:
+                return pos, False
+            if not data.startswith(self._dashes, pos):
                 raise ForbiddenField("The form must begin with its first boundary.")
-            self._started, self._in_headers, pos = True, True, len(self._dashes)
-        while True:
-            if self._in_headers:
-                if len(data) - pos < 2:
-                    break
-                if data.startswith(b"--", pos):  # the close delimiter: no headers follow it
-                    self._in_headers, pos = False, pos + 2
-                    continue
-                end = _end_of_headers(data, pos)
-                if end < 0:
-                    if len(data) - pos > MAX_PART_HEADERS:
-                        raise ForbiddenField("A part of the form has headers that are too long.")
-                    break
-                self._check_headers(data[pos:end])
-                self._in_headers, pos = False, end
-            else:
-                found = self._delimiter.search(data, pos)
-                if found is None:
-                    pos = max(pos, len(data) - len(self._dashes) - 1)
-                    break
-                self._in_headers, pos = True, found.end()
-        self._tail = data[pos:]
+            return self._after_delimiter(data, pos + len(self._dashes)), True
+        if self._at is _At.HEADERS:
+            if data.startswith(_CRLF, pos):
+                raise ForbiddenField("Each part of the form needs exactly one Content-Disposition.")
+            end = data.find(_END_OF_HEADERS, pos)
+            if end < 0:
+                if len(data) - pos > MAX_PART_HEADERS:
+                    raise ForbiddenField("A part of the form has headers that are too long or never end.")
+                # Judge the lines so far now: a body that ends before its headers do must not
+                # pass unjudged (a final CR may be half of a CRLF).
+                self._check_header_bytes(data[pos:].removesuffix(b"\r"))
+                return pos, False
+            self._check_headers(data[pos:end])
+            self._at = _At.CONTENT
+            return end + len(_END_OF_HEADERS), True
+        if self._at is _At.CONTENT:
+            found = data.find(self._dashes, pos)
+            if found < 0:  # keep what may be the start of a CRLF and delimiter split across chunks
+                return max(pos, len(data) - len(self._dashes) - 1), False
+            # The CRLF before a delimiter is the content's own: never the end of the part's headers.
+            if found - 2 < pos or data[found - 2 : found] != _CRLF:
+                raise ForbiddenField("The form's boundary appears where no part begins.")
+            if len(data) - found < len(self._dashes) + 2:
+                return found - 2, False
+            return self._after_delimiter(data, found + len(self._dashes)), True
+        if not _CRLF.startswith(data[pos:]):  # _At.END
+            raise ForbiddenField("Nothing may follow the form's closing boundary.")
+        return pos, False
+
+    def _after_delimiter(self, data: bytes, pos: int) -> int:
+        after = data[pos : pos + 2]
+        if after == _CRLF:
+            self._at = _At.HEADERS
+        elif after == b"--":
+            self._at = _At.END
+        else:
+            raise ForbiddenField("The form's boundary appears where no part begins.")
+        return pos + 2
+
+    def _check_header_bytes(self, block: bytes) -> None:
+        lone = block.replace(_CRLF, b"")
+        if b"\0" in block or b"\r" in lone or b"\n" in lone:
+            raise ForbiddenField("A part of the form has a line break other than CRLF in its headers.")
+        if self._dashes in block:
+            raise ForbiddenField("The form's boundary appears where no part begins.")
 
     def _check_headers(self, block: bytes) -> None:
-        # Unfold continuation lines (a line starting with a space or tab belongs to the one before).
-        unfolded = re.sub(_EOL + rb"[ \t]+", b" ", block)
-        for line in _LINE_BREAK.split(unfolded):
-            header, _, value = line.partition(b":")
-            if header.strip().lower() == b"content-disposition" and self._name in _field_names(value):
-                raise ForbiddenField(f"The form may not carry a {self._name!r} field; the gateway sets it.")
+        self._check_header_bytes(block)
+        dispositions = []
+        for line in block.split(_CRLF):
+            header, colon, value = line.partition(b":")
+            if not colon or not _TOKEN.fullmatch(header):
+                raise ForbiddenField("A part of the form has a malformed or folded header.")
+            if header.lower() == b"content-disposition":
+                dispositions.append(value)
+        if len(dispositions) != 1:
+            raise ForbiddenField("Each part of the form needs exactly one Content-Disposition.")
+        kind, names = _disposition(dispositions[0])
+        if kind != "form-data" or len(names) > 1 or any("\\" in n for n in names):
+            raise ForbiddenField("A part of the form has a Content-Disposition parsers could read differently.")
+        if self._name in names:
+            raise ForbiddenField(f"The form may not carry a {self._name!r} field; the gateway sets it.")
 
 
-_BLANK_LINE = re.compile(_EOL + _EOL)
-
-
-def _end_of_headers(data: bytes, pos: int) -> int:
-    """Where a part's body starts: after the blank line ending its headers; -1 if not seen yet.
-    ``pos`` is just after a delimiter, whose own line end comes first."""
-    found = _BLANK_LINE.search(data, pos)
-    if found is None or (found.end() == len(data) and data.endswith(b"\r")):
-        return -1  # a lone CR at the end may be half of a CRLF
-    return found.end()
-
-
-def _field_names(disposition: bytes) -> set[str]:
-    """Every field name a parser could read from a Content-Disposition value: ``name=`` (quoted
-    or not) and RFC 2231's ``name*=charset'lang'percent-encoded``. A ``;`` inside a quoted value
-    may yield an extra candidate: that only errs on the side of refusing."""
+def _disposition(value: bytes) -> tuple[str, set[str]]:
+    """The disposition type and every field name a parser could read from a Content-Disposition
+    value: ``name=`` (quoted or not) and RFC 2231's ``name*=charset'lang'percent-encoded``.
+    RFC 2231 continuations (``name*0=``, ``name*1*=``) are refused: Tornado and Werkzeug join
+    them into a name, python-multipart does not."""
+    kind, *params = _split_params(value.decode("latin-1"))
     names = set()
-    for param in disposition.decode("latin-1").split(";")[1:]:
-        key, _, value = param.partition("=")
-        key, value = key.strip().lower(), value.strip().strip('"')
+    for param in params:
+        key, _, raw = param.partition("=")
+        key, raw = key.strip().lower(), raw.strip()
+        if len(raw) >= 2 and raw[0] == raw[-1] == '"':
+            raw = raw[1:-1]
         if key == "name":
-            names.add(value)
+            names.add(raw)
         elif key == "name*":
-            names.add(urllib.parse.unquote(value.split("'", 2)[-1]))
-    return names
+            names.add(urllib.parse.unquote(raw.split("'", 2)[-1]))
+        elif _CONTINUATION.fullmatch(key):
+            raise ForbiddenField("A part of the form has a Content-Disposition parsers could read differently.")
+    return kind.strip().lower(), names
+
+
+def _split_params(value: str) -> list[str]:
+    """``value`` split at each ``;`` outside a quoted string, as Tornado's and python-multipart's
+    parsers split it (a ``;`` in a quoted name or filename is part of it)."""
+    parts, start, quoted, escaped = [], 0, False, False
+    for i, char in enumerate(value):
+        if escaped:
+            escaped = False
+        elif char == "\\" and quoted:
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif char == ";" and not quoted:
+            parts.append(value[start:i])
+            start = i + 1
+    parts.append(value[start:])
+    return parts
