@@ -16,11 +16,12 @@ Without this, Tornado would buffer up to the server-wide limit for any route bef
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import re
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, ClassVar
 
@@ -31,7 +32,7 @@ from auth.refresh import RefreshRejected, RefreshUnavailable, apply_tokens
 from auth.session import Session, SessionFormat, Unauthenticated
 from auth.supabase import AuthUnavailable, SupabaseUser
 from handlers.context import BackendFeature, ChatFeature, Context
-from handlers.errors import ApiError, too_large
+from handlers.errors import ApiError, stalled, too_large
 from handlers.request_body import BufferedBody
 
 __all__ = ["NO_BODY_LIMIT", "BaseHandler", "NotFoundHandler"]
@@ -41,6 +42,7 @@ _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _DIGITS = re.compile(r"[0-9]{1,19}")  # str.isdigit() also accepts "²"
 _UNLIMITED = 2**62  # Tornado's own body limit is lifted; each route enforces `body_limit`
 NO_BODY_LIMIT = 64 * 1024  # what a route that takes no body still reads before refusing one
+_VERBS = ("get", "head", "post", "put", "patch", "delete", "options")
 
 _DEFAULT_ERRORS: dict[int, tuple[str, str]] = {
     400: ("bad_request", "The request is malformed."),
@@ -56,6 +58,16 @@ _DEFAULT_ERRORS: dict[int, tuple[str, str]] = {
 }
 
 
+def _marking_body_read(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def verb(self: BaseHandler, *args: Any, **kwargs: Any) -> Any:
+        self.body_read()
+        return method(self, *args, **kwargs)
+
+    verb._marks_body_read = True  # type: ignore[attr-defined]
+    return verb
+
+
 @stream_request_body
 class BaseHandler(RequestHandler):
     route: ClassVar[str] = "other"
@@ -67,6 +79,16 @@ class BaseHandler(RequestHandler):
     bytes_out: int = 0
 
     _body: BufferedBody | None = None
+    _body_read = False  # Tornado has read the whole request; it calls the verb method only then
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # The verb method is the one place that knows the body has arrived whole, whether or not
+        # the handler then reads it: wrap each, once, to say so (Tornado's own 405 ones too).
+        for verb in _VERBS:
+            method = getattr(cls, verb)
+            if method is not None and not getattr(method, "_marks_body_read", False):
+                setattr(cls, verb, _marking_body_read(method))
 
     def initialize(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -97,6 +119,8 @@ class BaseHandler(RequestHandler):
         return length
 
     def has_body(self, length: int | None) -> bool:
+        """Whether a body follows the head: a non-zero length, or a chunked one (whose length
+        Tornado has already refused to take alongside ``Content-Length``)."""
         return bool(length) or "Transfer-Encoding" in self.request.headers
 
     def expect_body(self, limit: int) -> None:
@@ -120,9 +144,15 @@ class BaseHandler(RequestHandler):
         body, self._body = self._body.take(), None
         return body
 
+    def body_read(self) -> None:
+        """Called as the verb method starts: the body has arrived whole and is watched no more."""
+        self._body_read = True
+        if self._body is not None:
+            self._body.arrived()
+
     def _body_stalled(self) -> None:
         self._body = None
-        self.fail(ApiError(408, "request_timeout", "The request body stopped arriving."))
+        self.fail(stalled())
 
     def on_finish(self) -> None:
         self.forget_body()
@@ -265,8 +295,10 @@ class BaseHandler(RequestHandler):
                 self.set_status(500)
         if status_code == 405:
             self.set_header("Allow", ", ".join(self.SUPPORTED_METHODS))
-        if status_code in (408, 413):
-            self.set_header("Connection", "close")  # the rest of the body is not read
+        if not self._body_read:
+            # Answered before the request was read whole (a 405, a refusal in prepare, a 408 or
+            # 413): Tornado closes the connection after it, so say so.
+            self.set_header("Connection", "close")
         self.send_json({"error": code, "message": message}, status_code)
         self.finish()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tornado.web import HTTPError
 
-__all__ = ["ApiError", "too_large"]
+__all__ = ["ApiError", "stalled", "too_large"]
 
 
 class ApiError(HTTPError):
@@ -18,3 +18,7 @@ class ApiError(HTTPError):
 
 def too_large(limit: int) -> ApiError:
     return ApiError(413, "payload_too_large", f"The request body is larger than this route accepts ({limit} bytes).")
+
+
+def stalled() -> ApiError:
+    return ApiError(408, "request_timeout", "The request body stopped arriving.")

@@ -3,7 +3,8 @@
 A body passes when it is RFC 8259 JSON in UTF-8 that every later reader can take as it is:
 
 * UTF-8 only: ``json.loads`` would guess UTF-16/32 from bytes; no BOM;
-* no ``NaN`` / ``Infinity`` (Python's extension, which other parsers refuse);
+* no ``NaN`` / ``Infinity`` (Python's extension, which other parsers refuse), and no number too
+  large for a double (``1e400``, which Python reads as infinity);
 * every string valid Unicode: a lone surrogate escape (``"\\ud800"``) parses in Python but cannot
   be written out again as UTF-8, and other parsers replace or refuse it;
 * nested at most `MAX_JSON_DEPTH` deep: Python's parser stops only at its recursion limit, and
@@ -17,6 +18,7 @@ forwarded byte for byte are not read by gatehouse, so it and the upstream cannot
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -33,7 +35,7 @@ _TOO_DEEP = f"The request body is nested deeper than {MAX_JSON_DEPTH} levels, th
 def parse_json(body: bytes) -> Any:
     """``body`` parsed, or 400 ``invalid_json`` (see the module's rules)."""
     try:
-        value = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+        value = json.loads(body.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite)
     except RecursionError:
         raise ApiError(400, "invalid_json", _TOO_DEEP) from None
     except (UnicodeDecodeError, ValueError):
@@ -49,6 +51,14 @@ def parse_json(body: bytes) -> Any:
 
 def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    # 1e400 is valid JSON, but as a float it is infinity, which no serialiser writes back as JSON.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("a number too large for a double")
+    return value
 
 
 def _deeper_than(value: Any, limit: int) -> bool:

@@ -27,7 +27,6 @@ from typing import Any, ClassVar
 
 from tornado.httputil import HTTPHeaders
 from tornado.iostream import StreamClosedError
-from tornado.web import stream_request_body
 
 from handlers.base import BaseHandler
 from handlers.errors import ApiError, too_large
@@ -61,7 +60,6 @@ def is_json(content_type: str) -> bool:
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
-@stream_request_body
 class RelayingHandler(BaseHandler):
     """Subclasses implement `target` and may override the other hooks."""
 

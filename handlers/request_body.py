@@ -33,6 +33,12 @@ class BufferedBody:
         self._progress = self._loop.time()
         return True
 
+    def arrived(self) -> None:
+        """The body is complete: it is no longer watched (it is still held for `take`)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     def take(self) -> bytes:
         """The whole body; the buffer is released and the watch ends."""
         body = bytes(self._chunks)
@@ -41,9 +47,7 @@ class BufferedBody:
 
     def close(self) -> None:
         self._chunks = bytearray()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.arrived()
 
     def _check(self) -> None:
         # One timer per body, re-armed from the last progress, not one per chunk.

@@ -695,7 +695,7 @@ async def test_an_upload_is_streamed_to_dify_as_it_arrives(
     [
         part('form-data; name="user"', USER_B.encode()),
         part("form-data; name=user", USER_B.encode()),
-        part('form-data;  NAME = "user" ', USER_B.encode()),
+        part('form-data;  NAME="user" ', USER_B.encode()),  # spaces around "=" are refused as such
         part('form-data; filename="x.txt"; name="user"', USER_B.encode(), "text/plain"),
         part('form-data; name="user"', USER_B.encode()).replace(b"Content-Disposition", b"content-disposition"),
     ],

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from typing import Any
 
 from hypothesis import given
@@ -38,7 +39,24 @@ def strict(body: bytes) -> Any:
     def constant(name: str) -> None:
         raise ValueError(name)
 
-    return json.loads(body.decode("utf-8"), parse_constant=constant)
+    return json.loads(body.decode("utf-8"), parse_constant=constant, parse_float=_out_of_range)
+
+
+class _Overflow(float):
+    """A number no double holds (``1e400``): RFC 8259 lets parsers refuse it."""
+
+
+def _out_of_range(text: str) -> float:
+    value = float(text)
+    return _Overflow(value) if math.isinf(value) else value
+
+
+def overflows(value: Any) -> bool:
+    if isinstance(value, _Overflow):
+        return True
+    if isinstance(value, dict):
+        return any(overflows(v) for v in value.values())
+    return isinstance(value, list) and any(overflows(v) for v in value)
 
 
 def depth(body: bytes) -> int:
@@ -68,15 +86,16 @@ def lone_surrogates(value: Any) -> bool:
 def valid(body: bytes) -> bool | None:
     """Whether gatehouse must accept ``body`` as JSON: None when it may go either way (deeper
     than `DEPTH_LIMIT`, where parsers' limits differ; text that is not Unicode, a lone
-    surrogate escape, which RFC 8259 allows but says parsers may treat as they please; no
-    body at all, which routes may take for an empty object)."""
+    surrogate escape, which RFC 8259 allows but says parsers may treat as they please; a number
+    beyond a double's range, which RFC 8259 lets parsers refuse; no body at all, which routes
+    may take for an empty object)."""
     if not body:
         return None
     try:
         parsed = strict(body)
     except (ValueError, RecursionError):
         return False if depth(body) <= DEPTH_LIMIT else None
-    if depth(body) > DEPTH_LIMIT or lone_surrogates(parsed):
+    if depth(body) > DEPTH_LIMIT or lone_surrogates(parsed) or overflows(parsed):
         return None
     return True
 

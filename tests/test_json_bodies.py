@@ -97,6 +97,24 @@ async def test_a_lone_surrogate_is_400_and_reaches_no_upstream(
 
 
 @pytest.mark.parametrize(("route", "template", "chat"), ROUTES, ids=IDS)
+@pytest.mark.parametrize("number", ["1e400", "-1E+309", "NaN", "Infinity", "-Infinity"])
+@pytest.mark.gen_test
+async def test_numbers_no_double_can_hold_are_400_and_reach_no_upstream(
+    number: str,
+    route: str,
+    template: str,
+    chat: bool,
+    post: Callable[..., Any],
+    backend: FakeBackend,
+    dify: FakeDify,
+) -> None:
+    """``1e400`` is valid JSON that Python reads as infinity, which it would write back as the
+    non-JSON ``Infinity``; ``NaN`` and ``Infinity`` are not JSON at all."""
+    assert_invalid_json(await post(route, (template % number).encode(), chat), "not valid JSON")
+    assert upstream_calls(backend, dify) == 0
+
+
+@pytest.mark.parametrize(("route", "template", "chat"), ROUTES, ids=IDS)
 @pytest.mark.gen_test
 async def test_a_surrogate_pair_and_a_key_that_looks_like_one_pass(
     route: str, template: str, chat: bool, post: Callable[..., Any], backend: FakeBackend, dify: FakeDify

@@ -113,6 +113,13 @@ def test_every_line_ending_variant_is_refused_or_read_alike_by_every_parser(brea
         ("two names", b'--B\r\nContent-Disposition: form-data; name="f"; name="g"\r\n\r\nab\r\n'),
         ("a backslash in the name", b'--B\r\nContent-Disposition: form-data; name="f\\"\r\n\r\nab\r\n'),
         ("RFC 2231 name continuations", b'--B\r\nContent-Disposition: form-data; name*0="us"; name*1="er"\r\n\r\n'),
+        (
+            "an escaped quote outside quotes",
+            b'--B\r\nContent-Disposition: form-data; x=\\"; name=user; y="; name=ok\r\n\r\n',
+        ),
+        ("a Unicode space before a name", b"--B\r\nContent-Disposition: form-data; name=ok; \xc2\xa0name=user\r\n\r\n"),
+        ("a Unicode space in a token", b"--B\r\nContent-Disposition: form-data; name=\xc2\xa0user\r\n\r\n"),
+        ("spaces around the equals sign", b'--B\r\nContent-Disposition: form-data; name = "f"\r\n\r\nab\r\n'),
         ("not form-data", b'--B\r\nContent-Disposition: attachment; name="f"\r\n\r\nab\r\n'),
         ("an epilogue", b'--B\r\nContent-Disposition: form-data; name="f"\r\n\r\nab\r\n--B--\r\nmore'),
         (

@@ -17,8 +17,9 @@ accepts only the one form every parser reads alike, the one browsers send, and r
   CRLF (a part begins) or ``--`` (the form ends);
 * a part's header block ends at the first CRLF CRLF and holds no bare CR or LF, no NUL, no
   folded line and no header without a colon; it has exactly one ``Content-Disposition``, of
-  ``form-data``, naming at most one field (``name=`` or RFC 2231's ``name*=``), without a
-  backslash; that name may not be the gateway's;
+  ``form-data``, in RFC 7578's exact grammar (tokens and quoted strings without escapes; no
+  ``name*0=`` continuations) and naming at most one field (``name=`` or RFC 2231's ``name*=``);
+  that name may not be the gateway's;
 * nothing but a CRLF follows the close delimiter (no epilogue).
 
 Only part headers and delimiters are examined: file contents pass unread, and nothing is held
@@ -35,8 +36,12 @@ __all__ = ["ForbiddenField", "FormField", "boundary_of"]
 
 MAX_PART_HEADERS = 16 * 1024
 _BCHARS = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")  # RFC 2046 bchars
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 header field names
-_CONTINUATION = re.compile(r"name\*[0-9]+\*?")  # RFC 2231: name*0=, name*1*=, ...
+_CONTINUATION = re.compile(rb"name\*[0-9]+\*?")  # RFC 2231: name*0=, name*1*=, ...
+_TCHARS = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"  # an RFC 9110 token
+_TOKEN = re.compile(_TCHARS)
+_QUOTED = rb'"[^"\\\x00-\x08\x0a-\x1f\x7f]*"'  # no escapes: browsers percent-encode '"'
+_PARAMETER = re.compile(rb"[ \t]*;[ \t]*(" + _TCHARS + rb")=(" + _TCHARS + rb"|" + _QUOTED + rb")")
+_DISPOSITION = re.compile(rb"[ \t]*" + _TCHARS + rb"(?:" + _PARAMETER.pattern + rb")*[ \t]*")
 _CRLF = b"\r\n"
 _END_OF_HEADERS = b"\r\n\r\n"
 
@@ -157,46 +162,30 @@ class FormField:
         if len(dispositions) != 1:
             raise ForbiddenField("Each part of the form needs exactly one Content-Disposition.")
         kind, names = _disposition(dispositions[0])
-        if kind != "form-data" or len(names) > 1 or any("\\" in n for n in names):
+        if kind != "form-data" or len(names) > 1:
             raise ForbiddenField("A part of the form has a Content-Disposition parsers could read differently.")
         if self._name in names:
             raise ForbiddenField(f"The form may not carry a {self._name!r} field; the gateway sets it.")
 
 
 def _disposition(value: bytes) -> tuple[str, set[str]]:
-    """The disposition type and every field name a parser could read from a Content-Disposition
-    value: ``name=`` (quoted or not) and RFC 2231's ``name*=charset'lang'percent-encoded``.
-    RFC 2231 continuations (``name*0=``, ``name*1*=``) are refused: Tornado and Werkzeug join
-    them into a name, python-multipart does not."""
-    kind, *params = _split_params(value.decode("latin-1"))
+    """The disposition type and the field names of a Content-Disposition value that is exactly
+    ``type *(OWS ";" OWS token "=" (token / quoted-string))``; `ForbiddenField` for anything
+    else. Parsers disagree on what lies outside that grammar (a ``\\"`` outside quotes, Unicode
+    spaces that ``str.strip`` removes, RFC 2231 continuations ``name*0=`` that Tornado and
+    Werkzeug join and python-multipart does not), so none of it is accepted. Browsers send
+    ``"``, CR and LF in names and filenames percent-encoded, and nothing else this refuses."""
+    if not _DISPOSITION.fullmatch(value):
+        raise ForbiddenField("A part of the form has a Content-Disposition parsers could read differently.")
+    kind = value.split(b";", 1)[0].strip().decode("ascii").lower()
     names = set()
-    for param in params:
-        key, _, raw = param.partition("=")
-        key, raw = key.strip().lower(), raw.strip()
-        if len(raw) >= 2 and raw[0] == raw[-1] == '"':
-            raw = raw[1:-1]
-        if key == "name":
-            names.add(raw)
-        elif key == "name*":
-            names.add(urllib.parse.unquote(raw.split("'", 2)[-1]))
+    for key, raw in _PARAMETER.findall(value):
+        key = key.lower()
+        text = raw[1:-1] if raw.startswith(b'"') else raw
+        if key == b"name":
+            names.add(text.decode("latin-1"))
+        elif key == b"name*":
+            names.add(urllib.parse.unquote(text.decode("latin-1").split("'", 2)[-1]))
         elif _CONTINUATION.fullmatch(key):
             raise ForbiddenField("A part of the form has a Content-Disposition parsers could read differently.")
-    return kind.strip().lower(), names
-
-
-def _split_params(value: str) -> list[str]:
-    """``value`` split at each ``;`` outside a quoted string, as Tornado's and python-multipart's
-    parsers split it (a ``;`` in a quoted name or filename is part of it)."""
-    parts, start, quoted, escaped = [], 0, False, False
-    for i, char in enumerate(value):
-        if escaped:
-            escaped = False
-        elif char == "\\" and quoted:
-            escaped = True
-        elif char == '"':
-            quoted = not quoted
-        elif char == ";" and not quoted:
-            parts.append(value[start:i])
-            start = i + 1
-    parts.append(value[start:])
-    return parts
+    return kind, names
