@@ -14,12 +14,13 @@ $(STAMP): requirements.txt requirements-dev.txt
 run: $(STAMP)
 	$(PY) server.py
 
-# The suite runs on asyncio; the upstream and relay tests run again on uvloop, which production
+# The suite runs on asyncio; the upstream, relay and front-door tests run again on uvloop, which production
 # uses (transports differ in pause_reading, EOF and resets). Deselected there: the 1,000-stream
 # test, whose own 1,000 clients share the loop and miss its 5 s head deadline now and then on
 # uvloop (with Tornado's client as with gatehouse's); scenario B covers 9,500 streams on uvloop.
 UVLOOP_TESTS := tests/test_relay.py tests/test_upstream_client.py tests/test_upstream_pool.py \
-	tests/test_upstream_framing.py tests/test_upstream_tls.py tests/test_proxy_bodies.py tests/test_chat.py
+	tests/test_upstream_framing.py tests/test_upstream_tls.py tests/test_proxy_bodies.py tests/test_chat.py \
+	tests/test_front_door.py tests/test_front_door_framing.py tests/test_body_limits.py
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -12,13 +12,17 @@ import asyncio
 import logging
 import resource
 import signal
+import socket
 import sys
-from typing import Any
+from typing import Any, Protocol
 
 from pythonjsonlogger.json import JsonFormatter
 from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
 from tornado.web import Application
 
+from frontdoor.connection import ConnectionParams
+from frontdoor.server import FrontDoor
 from handlers.access_log import log_request
 from handlers.auth import LoginHandler, LogoutHandler, SessionHandler
 from handlers.base import NotFoundHandler
@@ -35,6 +39,7 @@ SHUTDOWN_GRACE_SECONDS = 10.0
 # Tornado's default of 128 pending connections resets clients when thousands of streams open at
 # once (the benchmark opens 1,000 per second); the kernel caps this at net.core.somaxconn.
 LISTEN_BACKLOG = 4096
+IDLE_TIMEOUT = 75.0  # a kept-alive browser connection with no request (above load balancers' 60 s)
 
 
 def make_app(settings: Settings, ctx: Context | None = None) -> Application:
@@ -63,13 +68,26 @@ def make_app(settings: Settings, ctx: Context | None = None) -> Application:
     )
 
 
-def make_server(app: Application, settings: Settings) -> HTTPServer:
-    return HTTPServer(
-        app,
-        xheaders=False,  # X-Forwarded-* from clients are not trusted
-        max_body_size=settings.max_body_bytes,  # the proxy route enforces its own limit
-        idle_connection_timeout=75,
-    )
+class Server(Protocol):
+    """What serving needs of either server: Tornado's ``HTTPServer`` or gatehouse's `FrontDoor`."""
+
+    def add_sockets(self, sockets: list[socket.socket]) -> None: ...
+    def stop(self) -> None: ...
+    async def close_all_connections(self) -> None: ...
+
+
+def make_server(app: Application, settings: Settings) -> Server:
+    """The browser side: gatehouse's own HTTP/1.1 connection (``frontdoor/``), or with
+    ``SERVER_IMPL=tornado`` Tornado's ``HTTPServer``, for comparison and as a fallback. Both
+    serve the same Application; neither trusts a client's X-Forwarded-*."""
+    if settings.server_impl == "tornado":
+        return HTTPServer(
+            app,
+            xheaders=False,
+            max_body_size=settings.max_body_bytes,  # every route enforces its own limit
+            idle_connection_timeout=IDLE_TIMEOUT,
+        )
+    return FrontDoor(app, ConnectionParams(idle_timeout=IDLE_TIMEOUT, max_body_size=settings.max_body_bytes))
 
 
 class _WithholdRequestDetails(logging.Filter):
@@ -127,13 +145,14 @@ async def serve(settings: Settings, loop_name: str, fd_limit: int) -> None:
         settings, demo_banner = await start_demo(settings)
     ctx = Context.build(settings)
     server = make_server(make_app(settings, ctx), settings)
-    server.listen(settings.port, settings.host, backlog=LISTEN_BACKLOG)
+    server.add_sockets(bind_sockets(settings.port, settings.host, backlog=LISTEN_BACKLOG))
     log.info(
         "listening",
         extra={
             "host": settings.host,
             "port": settings.port,
             "event_loop": loop_name,
+            "server": settings.server_impl,
             "fd_limit": fd_limit,
             "demo": settings.demo,
             "backend": str(settings.backend) if settings.backend else None,

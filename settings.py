@@ -92,6 +92,7 @@ class Settings:
     max_body_bytes: int = 100 * MIB
     max_json_bytes: int = 1 * MIB  # JSON is parsed on the event loop: keep it small; <= max_body_bytes
     log_level: str = "INFO"
+    server_impl: str = "gatehouse"  # the browser side: gatehouse's own connection, or "tornado"
     auth_refresh_path: str = "/auth/refresh"
     auth_login_path: str = "/auth/login"
     auth_logout_path: str | None = None  # not called unless configured
@@ -206,6 +207,7 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None 
         max_body_bytes=reader.get(("MAX_BODY_BYTES",), _int_in(0, 2**53), defaults.max_body_bytes),
         max_json_bytes=reader.get(("MAX_JSON_BYTES",), _int_in(0, 2**53), defaults.max_json_bytes),
         log_level=reader.choice(("LOG_LEVEL",), ("DEBUG", "INFO", "WARNING", "ERROR"), defaults.log_level, upper=True),
+        server_impl=reader.choice(("SERVER_IMPL",), ("gatehouse", "tornado"), defaults.server_impl),
         auth_refresh_path=reader.get(("AUTH_REFRESH_PATH",), _backend_path, defaults.auth_refresh_path),
         auth_login_path=reader.get(("AUTH_LOGIN_PATH",), _backend_path, defaults.auth_login_path),
         auth_logout_path=reader.get(("AUTH_LOGOUT_PATH",), _backend_path, defaults.auth_logout_path),

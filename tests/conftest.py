@@ -31,12 +31,12 @@ from typing import Any, Protocol, TypeVar
 
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
-from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from auth.nextauth import NextAuthV4Codec
 from handlers.context import Context
 from server import LISTEN_BACKLOG, configure_logging, make_app, make_server
+from server import Server as GatewayServer
 from settings import Settings, SupabaseSettings, _parse_backend_url
 from tests.fakes.backend import FakeBackend
 from tests.fakes.dify import FakeDify
@@ -67,7 +67,7 @@ class RunningGateway:
     url: str
     settings: Settings
     ctx: Context
-    server: HTTPServer
+    server: GatewayServer
 
     async def close(self) -> None:
         self.server.stop()

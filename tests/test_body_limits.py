@@ -251,4 +251,4 @@ async def test_an_answer_before_the_body_is_read_says_the_connection_closes(gate
         writer.write(head.encode())
         answer = await asyncio.wait_for(reader.read(), 5)  # read() returns once the gateway closes
         writer.close()
-        assert b"\r\nConnection: close\r\n" in answer.partition(b"\r\n\r\n")[0], answer
+        assert b"\r\nConnection: close\r\n" in answer.partition(b"\r\n\r\n")[0] + b"\r\n", answer

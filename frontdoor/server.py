@@ -1,0 +1,79 @@
+"""`FrontDoor`: the listening side of gatehouse's own server connection (`ServerConnection`).
+
+It offers what ``server.py`` and the tests use of Tornado's ``HTTPServer`` (``add_sockets``,
+``listen``, ``stop``, ``close_all_connections``), and what a graceful drain needs: stop
+accepting, close the idle connections, let the requests in hand finish, and know when none is
+left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+from tornado.httputil import HTTPServerConnectionDelegate
+from tornado.ioloop import IOLoop
+from tornado.netutil import bind_sockets
+
+from frontdoor.connection import ConnectionParams, ServerConnection
+
+__all__ = ["FrontDoor"]
+
+
+class FrontDoor:
+    def __init__(self, app: HTTPServerConnectionDelegate, params: ConnectionParams | None = None) -> None:
+        self._app = app
+        self._params = params or ConnectionParams()
+        self._servers: list[asyncio.Server] = []
+        self._starting: list[asyncio.Task[asyncio.Server]] = []
+        self.connections: set[ServerConnection] = set()
+        self._accepting = True
+
+    def listen(self, port: int, address: str | None = None, backlog: int = 128) -> None:
+        self.add_sockets(bind_sockets(port, address, backlog=backlog))
+
+    def add_sockets(self, sockets: list[socket.socket]) -> None:
+        """Serve on ``sockets`` (bound and listening); accepting starts on the loop's next turn,
+        and connections that arrive before wait in the listen backlog."""
+        # The loop Tornado serves on, running or not yet (as Tornado's HTTPServer allows).
+        loop = IOLoop.current().asyncio_loop  # type: ignore[attr-defined]
+        for sock in sockets:
+            task = loop.create_task(loop.create_server(self._connection, sock=sock))
+            task.add_done_callback(self._started)
+            self._starting.append(task)
+
+    def _started(self, task: asyncio.Task[asyncio.Server]) -> None:
+        self._starting.remove(task)
+        if task.cancelled() or task.exception() is not None:
+            return
+        server = task.result()
+        if self._accepting:
+            self._servers.append(server)
+        else:
+            server.close()
+
+    def _connection(self) -> ServerConnection:
+        conn = ServerConnection(self._app, self._params, self.connections.discard)
+        self.connections.add(conn)
+        return conn
+
+    def stop(self) -> None:
+        """Accept no new connection; those open are served on."""
+        self._accepting = False
+        for task in self._starting:
+            task.cancel()
+        for server in self._servers:
+            server.close()
+        self._servers.clear()
+
+    def drain(self) -> None:
+        """Close every idle connection now, and every other one once its request is answered."""
+        for conn in list(self.connections):
+            conn.drain()
+
+    async def close_all_connections(self) -> None:
+        """Close every connection, requests in hand or not, and wait until they are gone."""
+        for conn in list(self.connections):
+            conn.close()
+        while self.connections:  # noqa: ASYNC110 - connection_lost runs on a later turn
+            await asyncio.sleep(0.01)

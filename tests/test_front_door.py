@@ -1,0 +1,178 @@
+"""Gatehouse's own server connection (``frontdoor/``, issue 12): what Tornado's server did for
+gatehouse, and what a graceful drain needs, over raw sockets.
+
+Keep-alive and ``Connection: close``, HTTP/1.0, ``Expect: 100-continue``, the head timeout (no
+slowloris), the idle timeout, a half-closed client, and the drain: stop accepting, close the idle
+connections at once, let a stream in hand run to its end, then close its connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import socket
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from tornado.netutil import bind_sockets
+
+from frontdoor.connection import ConnectionParams
+from frontdoor.server import FrontDoor
+from handlers.context import Context
+from server import make_app
+from tests.conftest import test_settings
+from tests.fakes.backend import FakeBackend
+
+
+@dataclasses.dataclass
+class Door:
+    server: FrontDoor
+    port: int
+
+
+@pytest.fixture
+def door(backend: FakeBackend, io_loop: Any) -> Iterator[Callable[..., Door]]:
+    """``door(**params)``: gatehouse in front of the backend on a `FrontDoor` with those
+    `ConnectionParams`."""
+    made: list[tuple[FrontDoor, Context]] = []
+
+    def make(**params: Any) -> Door:
+        settings = test_settings(backend.url)
+        ctx = Context.build(settings)
+        server = FrontDoor(make_app(settings, ctx), ConnectionParams(**params))
+        [sock] = bind_sockets(0, "127.0.0.1", family=socket.AF_INET)
+        server.add_sockets([sock])
+        made.append((server, ctx))
+        return Door(server, sock.getsockname()[1])
+
+    yield make
+    for server, ctx in made:
+        server.stop()
+        io_loop.run_sync(server.close_all_connections)
+        io_loop.run_sync(ctx.close)
+
+
+async def read_answer(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """One answer: its head and its body (by Content-Length, or chunked to its last chunk)."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    lengths = [int(line[15:]) for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:")]
+    if lengths:
+        return head, await reader.readexactly(lengths[0])
+    return head, await asyncio.wait_for(reader.readuntil(b"\r\n0\r\n\r\n"), 5)
+
+
+async def closed_within(reader: asyncio.StreamReader, seconds: float) -> float:
+    """How long until the gateway closes the connection (it must, within ``seconds``)."""
+    started = time.monotonic()
+    assert await asyncio.wait_for(reader.read(), seconds) == b""
+    return time.monotonic() - started
+
+
+@pytest.mark.gen_test
+async def test_keep_alive_serves_several_requests_on_one_connection(door: Callable[..., Door]) -> None:
+    gate = door()
+    reader, writer = await asyncio.open_connection("127.0.0.1", gate.port)
+    for _ in range(3):
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: g\r\n\r\n")
+        head, body = await read_answer(reader)
+        assert head.startswith(b"HTTP/1.1 200") and b"connection: close" not in head.lower()
+        assert body == b'{"status":"ok"}'
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: g\r\nConnection: close\r\n\r\n")
+    head, _ = await read_answer(reader)
+    assert b"\r\nConnection: close\r\n" in head
+    await closed_within(reader, 2)
+    writer.close()
+
+
+@pytest.mark.gen_test
+async def test_http_1_0_closes_unless_it_asks_for_keep_alive(door: Callable[..., Door]) -> None:
+    gate = door()
+    reader, writer = await asyncio.open_connection("127.0.0.1", gate.port)
+    writer.write(b"GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    head, _ = await read_answer(reader)
+    assert b"\r\nConnection: Keep-Alive\r\n" in head
+    writer.write(b"GET /healthz HTTP/1.0\r\n\r\n")
+    head, _ = await read_answer(reader)
+    assert head.startswith(b"HTTP/1.1 200")
+    await closed_within(reader, 2)
+    writer.close()
+
+
+@pytest.mark.gen_test
+async def test_expect_100_continue_is_answered_once_the_handler_takes_the_body(
+    door: Callable[..., Door], backend: FakeBackend, session_cookie: Callable[..., str]
+) -> None:
+    gate = door()
+    cookie = f"Cookie: {session_cookie()}\r\n"
+    reader, writer = await asyncio.open_connection("127.0.0.1", gate.port)
+    head = (
+        f"POST /api/proxy/echo HTTP/1.1\r\nHost: g\r\n{cookie}"
+        "Content-Type: application/json\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n"
+    )
+    writer.write(head.encode())
+    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(b"{}")
+    answer, _ = await read_answer(reader)
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert backend.requests[0].body == b"{}"
+    # Refused before the body (no session): the final answer, and no 100 ahead of it.
+    writer.write(head.replace(cookie, "").encode())
+    answer, _ = await read_answer(reader)
+    assert answer.startswith(b"HTTP/1.1 401")
+    writer.close()
+
+
+@pytest.mark.gen_test
+async def test_a_slowloris_head_is_cut_off_and_an_idle_connection_closed(door: Callable[..., Door]) -> None:
+    gate = door(head_timeout=0.3, idle_timeout=0.6)
+    reader, writer = await asyncio.open_connection("127.0.0.1", gate.port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: g\r\n")  # and the rest never comes
+    assert 0.2 < await closed_within(reader, 3) < 1.5
+    writer.close()
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", gate.port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: g\r\n\r\n")
+    await read_answer(reader)
+    assert 0.5 < await closed_within(reader, 3) < 2
+    writer.close()
+
+
+@pytest.mark.gen_test
+async def test_a_client_that_half_closes_is_closed(door: Callable[..., Door], backend: FakeBackend) -> None:
+    gate = door()
+    reader, writer = await asyncio.open_connection("127.0.0.1", gate.port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: g\r\n\r\n")
+    await read_answer(reader)
+    writer.write_eof()
+    assert await closed_within(reader, 2) < 1
+    writer.close()
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_a_drain_stops_accepting_closes_idle_connections_and_lets_a_stream_finish(
+    door: Callable[..., Door], backend: FakeBackend, session_cookie: Callable[..., str]
+) -> None:
+    gate = door()
+    idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", gate.port)
+    idle_writer.write(b"GET /healthz HTTP/1.1\r\nHost: g\r\n\r\n")
+    await read_answer(idle_reader)
+    reader, writer = await asyncio.open_connection("127.0.0.1", gate.port)
+    writer.write(
+        f"GET /api/proxy/sse?events=5&interval=0.2 HTTP/1.1\r\nHost: g\r\nCookie: {session_cookie()}\r\n\r\n".encode()
+    )
+    await asyncio.wait_for(reader.readuntil(b"data: "), 5)  # the stream is under way
+
+    gate.server.stop()
+    gate.server.drain()
+
+    assert await closed_within(idle_reader, 1) < 0.5, "an idle connection closes at once"
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection("127.0.0.1", gate.port)
+    rest = await asyncio.wait_for(reader.read(), 5)  # the stream runs to its end, then closes
+    assert rest.count(b"data: ") == 4 and rest.endswith(b"0\r\n\r\n")
+    assert not gate.server.connections
+    idle_writer.close()
+    writer.close()
