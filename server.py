@@ -16,14 +16,13 @@ import socket
 import sys
 from typing import Any, Protocol
 
-from pythonjsonlogger.json import JsonFormatter
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.web import Application
 
 from frontdoor.connection import ConnectionParams
 from frontdoor.server import FrontDoor
-from handlers.access_log import log_request
+from handlers.access_log import JsonLineFormatter, log_request
 from handlers.auth import LoginHandler, LogoutHandler, SessionHandler
 from handlers.base import NotFoundHandler
 from handlers.chat import ENDPOINTS, ChatHandler, DifyApiHandler
@@ -87,7 +86,8 @@ def make_server(app: Application, settings: Settings) -> Server:
             max_body_size=settings.max_body_bytes,  # every route enforces its own limit
             idle_connection_timeout=IDLE_TIMEOUT,
         )
-    return FrontDoor(app, ConnectionParams(idle_timeout=IDLE_TIMEOUT, max_body_size=settings.max_body_bytes))
+    params = ConnectionParams(idle_timeout=IDLE_TIMEOUT, max_body_size=settings.max_body_bytes)
+    return FrontDoor(app, params, backlog=LISTEN_BACKLOG)
 
 
 class _WithholdRequestDetails(logging.Filter):
@@ -104,12 +104,7 @@ class _WithholdRequestDetails(logging.Filter):
 def configure_logging(level: str) -> None:
     logging.getLogger("tornado.general").addFilter(_WithholdRequestDetails())
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(
-        JsonFormatter(
-            "%(asctime)s %(levelname)s %(name)s %(message)s",
-            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
-        )
-    )
+    handler.setFormatter(JsonLineFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -22,10 +22,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
-from auth.cookies import cookie_name
-from auth.csrf import origin_of
-
-__all__ = ["Settings", "SettingsError", "SupabaseSettings", "load_settings", "read_dotenv"]
+__all__ = ["Settings", "SettingsError", "SupabaseSettings", "cookie_name", "load_settings", "origin_of", "read_dotenv"]
 
 MIB = 1024 * 1024
 _T = TypeVar("_T")
@@ -33,6 +30,25 @@ _T = TypeVar("_T")
 
 class SettingsError(ValueError):
     """A configuration value is missing or invalid. The message names the variable."""
+
+
+def cookie_name(name: str, production: bool) -> str:
+    """``name``, ``__Secure-`` prefixed in production (served over https), as next-auth names it."""
+    return f"__Secure-{name}" if production else name
+
+
+def origin_of(url: str) -> str | None:
+    """``scheme://host[:port]`` of ``url``, lower-cased, default ports dropped; None if it has none."""
+    try:
+        parts = urllib.parse.urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    default = {"http": 80, "https": 443}[parts.scheme]
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{parts.scheme}://{host}" + (f":{port}" if port not in (None, default) else "")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,7 +13,6 @@ __all__ = [
     "AUTHJS_V5_CHUNK_SIZE",
     "NEXTAUTH_V4_CHUNK_SIZE",
     "chunk_value",
-    "cookie_name",
     "names_present",
     "read_chunked",
     "write_plan",
@@ -21,11 +20,6 @@ __all__ = [
 
 NEXTAUTH_V4_CHUNK_SIZE = 3933  # 4096 minus next-auth v4's allowance for the cookie's attributes
 AUTHJS_V5_CHUNK_SIZE = 3936  # the same for @auth/core
-
-
-def cookie_name(name: str, production: bool) -> str:
-    """``name``, ``__Secure-`` prefixed in production (served over https), as next-auth names it."""
-    return f"__Secure-{name}" if production else name
 
 
 def read_chunked(cookies: Mapping[str, str], name: str) -> str | None:

@@ -19,28 +19,15 @@ Requests authenticated by an ``Authorization`` header are not ambient and are no
 from __future__ import annotations
 
 import dataclasses
-import urllib.parse
 
 from tornado.httputil import HTTPHeaders
 
-__all__ = ["SAFE_METHODS", "CsrfPolicy", "origin_of"]
+from settings import origin_of
+
+__all__ = ["SAFE_METHODS", "CsrfPolicy"]
 
 SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
 _TRUSTED_FETCH_SITES = frozenset(("same-origin", "none"))
-
-
-def origin_of(url: str) -> str | None:
-    """``scheme://host[:port]`` of ``url``, lower-cased, default ports dropped; None if it has none."""
-    try:
-        parts = urllib.parse.urlsplit(url.strip())
-        port = parts.port
-    except ValueError:
-        return None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return None
-    default = {"http": 80, "https": 443}[parts.scheme]
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    return f"{parts.scheme}://{host}" + (f":{port}" if port not in (None, default) else "")
 
 
 @dataclasses.dataclass(frozen=True)

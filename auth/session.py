@@ -21,11 +21,12 @@ from typing import Any, Literal, Protocol
 from tornado.httputil import HTTPHeaders, parse_cookie
 
 from auth.authjs import AuthJsV5Codec
-from auth.cookies import AUTHJS_V5_CHUNK_SIZE, NEXTAUTH_V4_CHUNK_SIZE, cookie_name, names_present, read_chunked
+from auth.cookies import AUTHJS_V5_CHUNK_SIZE, NEXTAUTH_V4_CHUNK_SIZE, names_present, read_chunked
 from auth.jose import InvalidToken
 from auth.nextauth import NextAuthV4Codec
 from auth.refresh import access_expiry
 from auth.session_cache import DEFAULT_MAX_ENTRIES, DEFAULT_TTL, SessionCache
+from settings import cookie_name
 
 __all__ = ["Session", "SessionFormat", "SessionReader", "Unauthenticated", "request_cookies", "session_formats"]
 

@@ -40,6 +40,7 @@ __all__ = [
     "ensure_tools",
     "fetch",
     "mint_cookie",
+    "tree_cpu_seconds",
     "tree_rss_kib",
 ]
 
@@ -47,7 +48,9 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 NEXTJS_DIR = BENCH / "peers" / "nextjs"
 NEXT_BIN = NEXTJS_DIR / "node_modules" / "next" / "dist" / "bin" / "next"
-PEERS = ("gatehouse", "nextjs", "fastapi", "nginx", "direct")
+# "gatehouse-tornado": gatehouse itself with SERVER_IMPL=tornado (Tornado's HTTPServer on the
+# browser side instead of gatehouse's own connection), so both are measured side by side.
+PEERS = ("gatehouse", "gatehouse-tornado", "nextjs", "fastapi", "nginx", "direct")
 COOKIE_NAME = "next-auth.session-token"
 UPLOAD_LIMIT = 2 * 1024**3  # gatehouse's MAX_BODY_BYTES in the bench: scenario E sends 1 GiB
 MIN_NODE = (20, 9)  # Next.js 16
@@ -114,6 +117,32 @@ class Processes:
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            tasks = list(Path(f"/proc/{current}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            with contextlib.suppress(OSError):
+                todo.extend(int(child) for child in (task / "children").read_text().split())
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of ``pid`` and its descendants, seconds."""
+    ticks = 0
+    for current in _tree(pid):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def tree_rss_kib(pid: int) -> int:
@@ -311,6 +340,9 @@ class Peer:
     def rss_kib(self) -> int | None:
         return None if self.proc is None else tree_rss_kib(self.proc.pid)
 
+    def cpu_seconds(self) -> float | None:
+        return None if self.proc is None else tree_cpu_seconds(self.proc.pid)
+
     def alive(self) -> bool:
         return self.proc is None or self.proc.poll() is None
 
@@ -354,8 +386,9 @@ class Bench:
 
     def _command(self, name: str, port: int) -> tuple[list[str], dict[str, str], Path | None]:
         backend = f"http://127.0.0.1:{self.upstream_port}"
-        if name == "gatehouse":
+        if name in ("gatehouse", "gatehouse-tornado"):
             env = {
+                "SERVER_IMPL": "tornado" if name == "gatehouse-tornado" else "gatehouse",
                 "BACKEND_URL": backend,
                 "SESSION_SECRET": SECRET,
                 "HOST": "127.0.0.1",

@@ -12,6 +12,8 @@ and disconnect routes), then, one at a time and afresh for each measurement, eac
 
 * ``gatehouse``: ``server.py``, demo off (``BACKEND_URL`` = the upstream), JSON access log at
   INFO as in production, ``MAX_BODY_BYTES`` = 2 GiB so the 1 GiB upload passes;
+* ``gatehouse-tornado``: the same with ``SERVER_IMPL=tornado`` (Tornado's server on the browser
+  side), so gatehouse's own server connection is measured against the one it replaced;
 * ``nextjs``: ``bench/peers/nextjs`` (app-router route handler, next-auth@4 ``getToken`` +
   ``fetch``), ``next build`` + ``next start``, telemetry off;
 * ``fastapi``: ``bench/peers/fastapi_peer.py`` (FastAPI, uvicorn + uvloop + httptools, httpx);
@@ -20,7 +22,8 @@ and disconnect routes), then, one at a time and afresh for each measurement, eac
 
 Scenarios (``bench/scenarios.py``): A JSON GET with wrk, B concurrent SSE streams (1,000 /
 5,000 / 9,500: 10,000 would need more than the machine's 20,000 descriptors, two per stream),
-C slow reader, D client disconnect, E 1 GiB upload. Peers alternate within each repetition (the
+C slow reader, D client disconnect, E 1 GiB upload, F token-rate streams (250 / 500 / 1,000 /
+2,000 streams, an event every 50 ms for 10 s, with the peer's CPU). Peers alternate within each repetition (the
 order rotates), medians over the repetitions. The session cookie is minted by next-auth's own
 ``encode`` (``bench/peers/nextjs/mint.mjs``).
 
@@ -70,8 +73,8 @@ from bench.harness import (  # noqa: E402
 from bench.report import Results, render  # noqa: E402
 from bench.scenarios import Config, Metrics  # noqa: E402
 
-SCENARIOS = ("A", "B", "C", "D", "E")
-ORDER = ("A", "D", "C", "E", "B")  # cheapest first: B is most of a full run
+SCENARIOS = ("A", "B", "C", "D", "E", "F")
+ORDER = ("A", "D", "C", "E", "F", "B")  # cheapest first: B is most of a full run
 QUICK = Config(
     a_seconds=3,
     a_warmup_seconds=1,
@@ -81,6 +84,8 @@ QUICK = Config(
     d_trials=3,
     d_timeout=5.0,
     e_bytes=128 * 1024 * 1024,
+    f_streams=(250, 1000),
+    f_seconds=3.0,
 )
 
 
@@ -282,6 +287,13 @@ async def run_all(
             await measure("D", args.reps, lambda p: scenarios.disconnect(p, cfg, cookie, bench.upstream_port))
         elif scenario == "E":
             await measure("E", args.reps, lambda p: scenarios.upload(p, cfg, cookie))
+        elif scenario == "F":
+            for count in cfg.f_streams:
+
+                def run_token_rate(p: Peer, count: int = count) -> Awaitable[Metrics]:
+                    return scenarios.token_rate(p, cfg, cookie, count)
+
+                await measure(f"F{count}", args.reps, run_token_rate)
         else:
             for count in cfg.b_streams:
 

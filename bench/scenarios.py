@@ -54,6 +54,9 @@ class Config:
     d_timeout: float = 10.0
     e_bytes: int = 1024 * MIB
     e_timeout: float = 300.0
+    f_streams: tuple[int, ...] = (250, 500, 1000, 2000)
+    f_seconds: float = 10.0
+    f_interval: float = 0.05  # an LLM's 20 tokens a second
 
 
 # -- A ---------------------------------------------------------------------------------------
@@ -147,6 +150,7 @@ async def streams(peer: Peer, cfg: Config, cookie: str, count: int) -> Metrics:
         per_stream = (peak - baseline) / max(1, stats.peak_open)
     return {
         "completed": stats.completed,
+        "peak_open": stats.peak_open,
         "errors": sum(stats.errors.values()),
         "rss_per_stream_kib": per_stream,
         "rss_peak_mib": None if peak is None else peak / 1024,
@@ -161,6 +165,23 @@ def _max(a: int | None, b: int | None) -> int | None:
 
 def _scale(value: float | None, factor: float) -> float | None:
     return None if value is None else value * factor
+
+
+# -- F ---------------------------------------------------------------------------------------
+
+
+async def token_rate(peer: Peer, cfg: Config, cookie: str, count: int) -> Metrics:
+    """``count`` streams opened at once, each an event every ``f_interval`` for ``f_seconds``:
+    a chat front end receiving answers token by token. Events per second, not streams held,
+    decide how many users a process serves; the peer's CPU (share of one core) says what they
+    cost."""
+    events = round(cfg.f_seconds / cfg.f_interval)
+    shaped = dataclasses.replace(cfg, b_events=events, b_interval=cfg.f_interval, b_ramp=max(cfg.b_ramp, count * 10))
+    cpu_before, started = peer.cpu_seconds(), time.monotonic()
+    metrics = await streams(peer, shaped, cookie, count)
+    cpu_after, took = peer.cpu_seconds(), time.monotonic() - started
+    cpu = None if cpu_before is None or cpu_after is None else 100 * (cpu_after - cpu_before) / took
+    return {**metrics, "cpu_pct": cpu}
 
 
 # -- C ---------------------------------------------------------------------------------------

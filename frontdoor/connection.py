@@ -40,6 +40,7 @@ from typing import Any, cast
 from tornado.httputil import (
     HTTPConnection,
     HTTPHeaders,
+    HTTPInputError,
     HTTPMessageDelegate,
     HTTPServerConnectionDelegate,
     RequestStartLine,
@@ -54,7 +55,9 @@ __all__ = ["ConnectionParams", "Exchange", "ServerConnection"]
 log = logging.getLogger("gatehouse")
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
-_REASONS = {400: "Bad Request", 431: "Request Header Fields Too Large"}
+_REASONS = {400: "Bad Request", 413: "Payload Too Large", 431: "Request Header Fields Too Large"}
+_CODES = {400: "bad_request", 413: "payload_too_large", 431: "request_header_fields_too_large"}
+MAX_PIPELINED = 16  # requests parsed and held, the one in hand included
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +96,9 @@ class ServerConnection(asyncio.Protocol):
         self._reading_paused = False
         self._writing_paused = False
         self._drains: list[asyncio.Future[None]] = []
+        # What a write returns while the socket takes more: one future, resolved, for every write.
+        self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._ready.set_result(None)
         self._timer: asyncio.TimerHandle | None = None
         self._head_started = False  # bytes of a request head arrived; its timer runs
         self.exchange: Exchange | None = None
@@ -113,12 +119,8 @@ class ServerConnection(asyncio.Protocol):
         if self.exchange is None and not self._head_started:
             self._head_started = True
             self._arm(self.params.head_timeout)
-        try:
-            events = self._parser.feed(data)
-        except BadRequest as exc:
-            self._refuse(exc)
-            return
-        self._pending.extend(events)
+        self._pending.extend(self._parser.feed(data))
+        self._bound_pipeline()
         self._run()
         if self._parser.closed and not self._pending and self.exchange is None:
             self.close()
@@ -135,10 +137,12 @@ class ServerConnection(asyncio.Protocol):
                 waiter.exception()  # nobody may be waiting on it any more: never "not retrieved"
         self._drains.clear()
         self._pending.clear()
-        if self.exchange is not None:
-            exchange, self.exchange = self.exchange, None
-            exchange.connection_lost()
-        self._on_close(self)
+        try:
+            if self.exchange is not None:
+                exchange, self.exchange = self.exchange, None
+                self._call(exchange.connection_lost)
+        finally:
+            self._on_close(self)
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -158,8 +162,14 @@ class ServerConnection(asyncio.Protocol):
         return self.exchange is None and not self._head_started and not self._pending
 
     def close(self) -> None:
+        """Close once what is written has gone out."""
         if self._transport is not None:
             self._transport.close()
+
+    def abort(self) -> None:
+        """Close now, whatever is still unsent (a client that does not read cannot hold us)."""
+        if self._transport is not None:
+            self._transport.abort()
 
     def drain(self) -> None:
         """Finish the request in hand (if any), then close."""
@@ -170,49 +180,90 @@ class ServerConnection(asyncio.Protocol):
     # -- events, in order ----------------------------------------------------------------
 
     def _run(self) -> None:
-        """Hand pending events to the application until one must wait."""
-        while self._pending and not self._waiting:
+        """Hand pending events to the application, in order, until one must wait."""
+        while self._pending and not self._waiting and self._transport is not None:
             event = self._pending[0]
-            if isinstance(event, RequestHead):
-                if self.exchange is not None:
-                    break  # pipelined: the answer before it is not finished yet
-                self._pending.popleft()
+            exchange = self.exchange
+            if isinstance(event, RequestHead | BadRequest) and exchange is not None and exchange.read:
+                break  # pipelined: it waits until the answer before it is finished
+            self._pending.popleft()
+            if isinstance(event, BadRequest):
+                self.refuse(event)
+            elif isinstance(event, RequestHead):
                 self._start(event)
             elif event is END:
-                self._pending.popleft()
                 self._head_started = False
-                assert self.exchange is not None
-                self.exchange.request_read()
+                assert exchange is not None
+                self._call(exchange.request_read)
             else:
-                assert isinstance(event, bytes) and self.exchange is not None
-                self._pending.popleft()
-                self._wait_for(self.exchange.body_received(event))
+                assert isinstance(event, bytes) and exchange is not None
+                self._wait_for(self._call(exchange.body_received, event))
         self._flow()
+
+    def _bound_pipeline(self) -> None:
+        """At most `MAX_PIPELINED` requests are held, the one in hand included; the connection
+        closes after answering them (a client retries the rest, as after any close)."""
+        heads = 0
+        for index, event in enumerate(self._pending):
+            if isinstance(event, RequestHead):
+                heads += 1
+                if heads > MAX_PIPELINED:
+                    while len(self._pending) > index:
+                        self._pending.pop()
+                    self._parser.closed = True
+                    return
 
     def _start(self, head: RequestHead) -> None:
         self._cancel_timer()
         exchange = self.exchange = Exchange(self, head)
-        exchange.delegate = self._app.start_request(self, exchange)
         start = RequestStartLine(head.method, head.target, head.version)
-        self._wait_for(exchange.delegate.headers_received(start, head.headers), exchange.prepared)
+
+        def begin() -> Any:
+            exchange.delegate = self._app.start_request(self, exchange)
+            return exchange.delegate.headers_received(start, head.headers)
+
+        self._wait_for(self._call(begin), exchange.prepared)
+
+    def _call(self, step: Callable[..., Any], *args: Any) -> Any:
+        """Run one step of the application's; a failure ends the connection, never the loop.
+
+        Tornado refuses a request it cannot take (a missing or invalid ``Host``) by raising
+        ``HTTPInputError``: that is a 400, as from Tornado's server. Anything else is a fault,
+        logged, and the connection is aborted, so nothing waits on it."""
+        try:
+            return step(*args)
+        except HTTPInputError:
+            self.refuse(BadRequest(400, "The request is malformed."))
+        except Exception:
+            log.error("unhandled error in the server connection", exc_info=True)
+            self.abort()
+        return None
 
     def _wait_for(self, awaitable: Any, then: Callable[[], None] | None = None) -> None:
         if awaitable is None or (isinstance(awaitable, asyncio.Future) and awaitable.done()):
-            if then is not None:
-                then()
+            if isinstance(awaitable, asyncio.Future) and not awaitable.cancelled() and awaitable.exception():
+                self._failed(awaitable)
+            elif then is not None:
+                self._call(then)
             return
         self._waiting = True
 
         def resume(done: asyncio.Future[Any]) -> None:
-            if not done.cancelled():
-                done.exception()  # the delegate logs its own failures; never "not retrieved"
             self._waiting = False
+            if not done.cancelled() and done.exception() is not None:
+                self._failed(done)
+                return
             if then is not None:
-                then()
-            if self._transport is not None:
-                self._run()
+                self._call(then)
+            self._run()
 
         asyncio.ensure_future(awaitable).add_done_callback(resume)
+
+    def _failed(self, done: asyncio.Future[Any]) -> None:
+        if isinstance(done.exception(), StreamClosedError):
+            return  # the connection is gone already
+        log.error("unhandled error in the server connection", exc_info=done.exception())
+        self.abort()
 
     def _flow(self) -> None:
         """Read while events flow; stop while one waits, so an upload waits on its upstream."""
@@ -238,21 +289,29 @@ class ServerConnection(asyncio.Protocol):
         if self.draining and not self._pending:
             self.close()
             return
-        self._arm(self.params.idle_timeout)
+        # A head that began arriving during the answer has the rest of its time, not the idle's.
+        self._arm(self.params.head_timeout if self._parser.in_head else self.params.idle_timeout)
         self._run()
 
-    def _refuse(self, error: BadRequest) -> None:
+    def refuse(self, error: BadRequest) -> None:
         # As Tornado's server logs it; the request's bytes are never logged (they can hold a cookie).
         log.info(
             "Malformed HTTP message from a client (refused)", extra={"status": error.status, "reason": error.message}
         )
         self._pending.clear()
-        if self.exchange is None or not self.exchange.answering:
-            code = "bad_request" if error.status == 400 else "request_header_fields_too_large"
-            body = json.dumps({"error": code, "message": error.message}, separators=(",", ":")).encode()
+        if self.exchange is not None and not self.exchange.read:
+            # The refused bytes were the request's own body: its handler must hear it ended.
+            exchange, self.exchange = self.exchange, None
+            self._call(exchange.connection_lost)
+            if exchange.answering:
+                self.abort()  # an answer under way cannot be followed by another
+                return
+        if self.exchange is None:
+            body = json.dumps({"error": _CODES[error.status], "message": error.message}, separators=(",", ":"))
             self.write(
                 b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
-                b"Connection: close\r\n\r\n%s" % (error.status, _REASONS[error.status].encode(), len(body), body)
+                b"Connection: close\r\n\r\n%s"
+                % (error.status, _REASONS[error.status].encode(), len(body), body.encode())
             )
         self.close()
 
@@ -260,16 +319,13 @@ class ServerConnection(asyncio.Protocol):
 
     def write(self, data: bytes) -> asyncio.Future[None]:
         """Hand ``data`` to the socket; the future resolves once its buffer has room."""
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self._transport is None or self._transport.is_closing():
-            waiter.set_exception(StreamClosedError())
-            waiter.exception()  # a write nobody awaits (100 Continue, a refusal) must not warn
-            return waiter
+            return _closed()
         self._transport.write(data)
-        if self._writing_paused:
-            self._drains.append(waiter)
-        else:
-            waiter.set_result(None)
+        if not self._writing_paused:
+            return self._ready
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._drains.append(waiter)
         return waiter
 
     # -- timers ----------------------------------------------------------------------------
@@ -287,7 +343,7 @@ class ServerConnection(asyncio.Protocol):
 class Exchange(HTTPConnection):
     """One request and its answer: the ``HTTPConnection`` Tornado's handlers write to."""
 
-    delegate: HTTPMessageDelegate
+    delegate: HTTPMessageDelegate | None = None  # from the application's start_request
 
     def __init__(self, conn: ServerConnection, head: RequestHead) -> None:
         self._conn: ServerConnection | None = conn
@@ -296,12 +352,13 @@ class Exchange(HTTPConnection):
         self._close_callback: Callable[[], None] | None = None
         self._max_body_size = conn.params.max_body_size
         self._received = 0
-        self._read = False  # the whole request has been read
+        self.read = False  # the whole request has been read
         self._chunked = False
         self._content_left: int | None = None
         self._close = not head.keep_alive
         self.answering = False  # the status line is out
         self._continue_sent = False
+        self._delegate_closed = False  # told on_connection_close (once, ever)
 
     # -- the request, from the connection -----------------------------------------------
 
@@ -313,26 +370,33 @@ class Exchange(HTTPConnection):
             conn.write(_CONTINUE)
 
     def body_received(self, chunk: bytes) -> Any:
-        if self.answering and self._finished_writing():
+        conn, delegate = self._conn, self.delegate
+        if conn is None or delegate is None:
             return None  # answered already: the rest of the body is dropped, and closes
         self._received += len(chunk)
         if self._received > self._max_body_size:
-            self.close()
+            conn.refuse(BadRequest(413, "The request body is too large."))
             return None
-        return self.delegate.data_received(chunk)
+        return delegate.data_received(chunk)
 
     def request_read(self) -> None:
-        self._read = True
-        if not self._finished_writing():
+        self.read = True
+        if self._conn is not None and self.delegate is not None:
             self.delegate.finish()
 
     def connection_lost(self) -> None:
+        """The connection closed before the answer was finished."""
         self._conn = None
-        if not self._read:
-            self.delegate.on_connection_close()
+        if not self.read:
+            self._tell_closed()
         elif self._close_callback is not None:
             callback, self._close_callback = self._close_callback, None
             callback()
+
+    def _tell_closed(self) -> None:
+        if self.delegate is not None and not self._delegate_closed:
+            self._delegate_closed = True
+            self.delegate.on_connection_close()
 
     # -- tornado.httputil.HTTPConnection -------------------------------------------------
 
@@ -355,7 +419,7 @@ class Exchange(HTTPConnection):
         self._content_left = 0 if bodyless else _length(headers)
         response_closes = headers.get("Connection", "").lower() == "close"
         ends_at_close = not self._chunked and self._content_left is None  # HTTP/1.0, no length
-        self._close = self._close or response_closes or ends_at_close or not self._read or conn.draining
+        self._close = self._close or response_closes or ends_at_close or not self.read or conn.draining
         if self._close and self.head.version == "HTTP/1.1":
             headers["Connection"] = "close"
         elif not self._close and self.head.version == "HTTP/1.0":
@@ -385,10 +449,11 @@ class Exchange(HTTPConnection):
         self._content_left = None
         self._conn = None
         conn.exchange_done(self, self._close)
-        if not self._read:
+        if not self.read:
             # Answered before the request was read: the connection closes with it, and the
             # delegate must hear so, or a handler waiting on the rest of the body never ends.
-            self.delegate.on_connection_close()
+            # After the handler's own finish (its access line, on_finish), as from Tornado's server.
+            asyncio.get_running_loop().call_soon(self._tell_closed)
 
     def set_close_callback(self, callback: Callable[[], None] | None) -> None:
         self._close_callback = callback
@@ -415,9 +480,6 @@ class Exchange(HTTPConnection):
         if self._chunked and chunk:
             return b"%x\r\n%s\r\n" % (len(chunk), chunk)
         return chunk
-
-    def _finished_writing(self) -> bool:
-        return self.answering and self._conn is None
 
 
 def _length(headers: HTTPHeaders) -> int | None:

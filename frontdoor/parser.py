@@ -12,7 +12,8 @@ what a gateway must not pass on although llhttp takes it:
 * a chunk size line longer than `MAX_CHUNK_LINE` (llhttp skips extensions of any length);
 * a head over `MAX_HEAD_BYTES` or with more than `MAX_HEADERS` fields: 431.
 
-A refusal is `BadRequest`; the connection answers it and closes. Requests that follow one whose
+A refusal is a `BadRequest` event after the events before it; the connection answers it in
+turn and closes. Requests that follow one whose
 answer closes the connection (``Connection: close``, HTTP/1.0 without keep-alive) are never
 parsed: llhttp refuses data after them, which the connection takes as the end of the stream.
 """
@@ -50,9 +51,6 @@ class RequestHead:
     expect_continue: bool
 
 
-Event = RequestHead | bytes | _End
-
-
 class BadRequest(Exception):
     """A request that is refused before it reaches a handler: ``status`` (400 or 431) and a
     sentence for the client. Never carries request bytes."""
@@ -61,6 +59,9 @@ class BadRequest(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+Event = RequestHead | bytes | _End | BadRequest
 
 
 class RequestParser:
@@ -78,17 +79,34 @@ class RequestParser:
         self._in_message = False
         self._blank_lines = 0
         self._chunked_body = False  # a chunked request body is being read
+        self._body = bytearray()  # body bytes of this read, handed on as one event
         self._body_bytes = 0
         self._chunk_lines = 0
         self._framing = 0  # bytes of a chunked body that are neither body nor an allowed size line
         self._last_bytes = b""  # the end of the last read: a head's end may straddle two reads
         self.closed = False  # a request ended that allows no other after it
 
+    @property
+    def in_head(self) -> bool:
+        """Part of a request head has arrived, not all of it."""
+        return self._in_head
+
     def feed(self, data: bytes) -> list[Event]:
-        """The events ``data`` completes; `BadRequest` for a request that must be refused."""
+        """The events ``data`` completes, in order. A request that must be refused ends them with
+        a `BadRequest`, and the parser takes nothing more."""
         if self.closed:
             return []
         events = self._events = []
+        try:
+            self._feed_read(data)
+        except BadRequest as refusal:
+            self._flush_body()
+            events.append(refusal)
+            self.closed = True
+        self._flush_body()
+        return events
+
+    def _feed_read(self, data: bytes) -> None:
         if not self._in_message:
             # RFC 9112 2.2: an empty line or two before a request may be ignored; more is noise.
             self._blank_lines += len(data) - len(data.lstrip(b"\r\n"))
@@ -114,25 +132,32 @@ class RequestParser:
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD_BYTES:
                 raise BadRequest(431, "The request's headers are too large.")
-        return events
 
     def _feed_chunks(self, data: bytes) -> None:
         """Feed part of a chunked body, and bound its framing: llhttp reads chunk extensions
         without limit (and without holding them). Each size line in a read may take
         `MAX_CHUNK_LINE` bytes with its CRLF; a read with more that is not body is refused."""
         body_before, lines_before, heads_before = self._body_bytes, self._chunk_lines, self._heads_begun
+        mark, held = len(self._events), len(self._body)
         self._feed(data)
         if self._heads_begun != heads_before:
             return  # a pipelined request began in this read: its bytes are not this body's framing
         self._framing += len(data) - (self._body_bytes - body_before)
         self._framing = max(0, self._framing - (self._chunk_lines - lines_before) * (MAX_CHUNK_LINE + 2))
         if self._framing > MAX_CHUNK_LINE + 2:
+            # What this read completed is not delivered: the request is refused before its end.
+            del self._events[mark:]
+            del self._body[held:]
             raise BadRequest(400, "A chunk's size line is too long.")
 
     def _feed(self, data: bytes) -> None:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
+            # llhttp completes the upgrading request before it stops: refuse it before its end.
+            heads = [i for i, event in enumerate(self._events) if isinstance(event, RequestHead)]
+            del self._events[heads[-1] + 1 if heads else 0 :]
+            self._body.clear()
             raise BadRequest(400, "Upgrades and CONNECT are not supported.") from None
         except httptools.HttpParserError as exc:
             if isinstance(exc.__context__, BadRequest):  # raised by a callback below
@@ -153,6 +178,8 @@ class RequestParser:
         self._target += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            raise BadRequest(400, "Chunked trailers are not accepted.")  # as Tornado's server
         if len(self._fields) >= MAX_HEADERS:
             raise BadRequest(431, "The request has too many headers.")
         self._fields.append((name, value))
@@ -164,6 +191,9 @@ class RequestParser:
             raise BadRequest(431, "The request's headers are too large.")
         if not self._target.startswith(b"/"):
             raise BadRequest(400, "The request target must be a path.")
+        version = self._parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            raise BadRequest(400, "Only HTTP/1.1 and HTTP/1.0 are served.")
         headers = HTTPHeaders()
         for name, value in self._fields:
             headers.add(name.decode("latin-1"), value.decode("latin-1"))
@@ -175,7 +205,7 @@ class RequestParser:
             RequestHead(
                 method=self._parser.get_method().decode("ascii"),
                 target=self._target.decode("latin-1"),
-                version="HTTP/" + self._parser.get_http_version(),
+                version="HTTP/" + version,
                 headers=headers,
                 keep_alive=self._parser.should_keep_alive(),
                 expect_continue=headers.get("Expect", "").lower() == "100-continue",
@@ -183,14 +213,22 @@ class RequestParser:
         )
 
     def on_body(self, body: bytes) -> None:
+        # Pieces of one read go out as one: a body sent in tiny chunks must not cost a handler
+        # call (and an upstream write) per chunk.
         self._body_bytes += len(body)
-        self._events.append(body)
+        self._body += body
+
+    def _flush_body(self) -> None:
+        if self._body:
+            self._events.append(bytes(self._body))
+            self._body.clear()
 
     def on_chunk_header(self) -> None:
         self._chunk_lines += 1
 
     def on_message_complete(self) -> None:
         self._in_message = self._chunked_body = False
+        self._flush_body()
         self._events.append(END)
         if not self._parser.should_keep_alive():
             self.closed = True

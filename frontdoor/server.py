@@ -21,16 +21,21 @@ __all__ = ["FrontDoor"]
 
 
 class FrontDoor:
-    def __init__(self, app: HTTPServerConnectionDelegate, params: ConnectionParams | None = None) -> None:
+    def __init__(
+        self, app: HTTPServerConnectionDelegate, params: ConnectionParams | None = None, backlog: int = 4096
+    ) -> None:
         self._app = app
         self._params = params or ConnectionParams()
+        # asyncio's and uvloop's servers listen() again on a socket they are given, with their
+        # own backlog (100 by default): a burst of connections would then be dropped and retried.
+        self._backlog = backlog
         self._servers: list[asyncio.Server] = []
         self._starting: list[asyncio.Task[asyncio.Server]] = []
         self.connections: set[ServerConnection] = set()
         self._accepting = True
 
-    def listen(self, port: int, address: str | None = None, backlog: int = 128) -> None:
-        self.add_sockets(bind_sockets(port, address, backlog=backlog))
+    def listen(self, port: int, address: str | None = None) -> None:
+        self.add_sockets(bind_sockets(port, address, backlog=self._backlog))
 
     def add_sockets(self, sockets: list[socket.socket]) -> None:
         """Serve on ``sockets`` (bound and listening); accepting starts on the loop's next turn,
@@ -38,7 +43,7 @@ class FrontDoor:
         # The loop Tornado serves on, running or not yet (as Tornado's HTTPServer allows).
         loop = IOLoop.current().asyncio_loop  # type: ignore[attr-defined]
         for sock in sockets:
-            task = loop.create_task(loop.create_server(self._connection, sock=sock))
+            task = loop.create_task(loop.create_server(self._connection, sock=sock, backlog=self._backlog))
             task.add_done_callback(self._started)
             self._starting.append(task)
 
@@ -71,9 +76,12 @@ class FrontDoor:
         for conn in list(self.connections):
             conn.drain()
 
-    async def close_all_connections(self) -> None:
-        """Close every connection, requests in hand or not, and wait until they are gone."""
+    async def close_all_connections(self, within: float = 5.0) -> None:
+        """Abort every connection, requests in hand or not (unsent bytes are dropped: a client
+        that does not read cannot hold a shutdown), and wait until they are gone, ``within``
+        seconds at most."""
         for conn in list(self.connections):
-            conn.close()
-        while self.connections:  # noqa: ASYNC110 - connection_lost runs on a later turn
-            await asyncio.sleep(0.01)
+            conn.abort()
+        deadline = asyncio.get_running_loop().time() + within
+        while self.connections and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)  # connection_lost runs on a later turn

@@ -7,13 +7,61 @@ The line carries ``request_id``, ``method``, ``route``, ``path`` (never the quer
 
 from __future__ import annotations
 
+import json
 import logging
+import time
+from typing import Any
 
+from pythonjsonlogger.json import JsonFormatter
 from tornado.web import RequestHandler
 
-__all__ = ["log_request"]
+__all__ = ["ACCESS_FIELDS", "JsonLineFormatter", "log_request"]
 
 access_log = logging.getLogger("gatehouse.access")
+ACCESS_FIELDS = (
+    "request_id",
+    "method",
+    "route",
+    "path",
+    "status",
+    "duration_ms",
+    "upstream_ms",
+    "bytes_out",
+    "user",
+    "outcome",
+)
+
+
+class JsonLineFormatter(JsonFormatter):
+    """One JSON object per line (python-json-logger), with ``time``, ``level``, ``logger`` and
+    ``message`` first. The access line, written once per request, is made directly from its
+    fixed fields: python-json-logger's general path (every record attribute looked at, the time
+    formatted anew) cost about a twentieth of a request. The line is the same either way."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "%(asctime)s %(levelname)s %(name)s %(message)s",
+            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+        )
+        self._second = -1
+        self._stamp = ""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.name != access_log.name or record.exc_info:
+            return super().format(record)
+        second = int(record.created)
+        if second != self._second:  # the date part changes once a second, not once a request
+            self._second, self._stamp = second, time.strftime("%Y-%m-%d %H:%M:%S", self.converter(record.created))
+        fields = record.__dict__
+        line: dict[str, Any] = {
+            "time": f"{self._stamp},{int(record.msecs):03d}",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in ACCESS_FIELDS:
+            line[name] = fields.get(name)
+        return json.dumps(line)
 
 
 def log_request(handler: RequestHandler) -> None:

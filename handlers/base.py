@@ -15,25 +15,23 @@ Without this, Tornado would buffer up to the server-wide limit for any route bef
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import logging
+import os
 import re
-import uuid
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, ClassVar
 
-from tornado.web import HTTPError, RequestHandler, stream_request_body
+from tornado.web import HTTPError, stream_request_body
 
-from auth.cookies import write_plan
-from auth.refresh import RefreshRejected, RefreshUnavailable, apply_tokens
-from auth.session import Session, SessionFormat, Unauthenticated
+from auth.session import Unauthenticated
 from auth.supabase import AuthUnavailable, SupabaseUser
 from handlers.context import BackendFeature, ChatFeature, Context
 from handlers.errors import ApiError, stalled, too_large
 from handlers.request_body import BufferedBody
+from handlers.session_writeback import SessionWriteBack
 
 __all__ = ["NO_BODY_LIMIT", "BaseHandler", "NotFoundHandler"]
 
@@ -69,7 +67,7 @@ def _marking_body_read(method: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @stream_request_body
-class BaseHandler(RequestHandler):
+class BaseHandler(SessionWriteBack):
     route: ClassVar[str] = "other"
 
     # Read by the access log (handlers/access_log.py).
@@ -205,7 +203,7 @@ class BaseHandler(RequestHandler):
         rid: str | None = self.__dict__.get("_request_id")
         if rid is None:
             offered = self.request.headers.get("X-Request-ID", "")
-            rid = offered if _SANE_REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
+            rid = offered if _SANE_REQUEST_ID.fullmatch(offered) else os.urandom(16).hex()  # uuid4's bits, less work
             self.__dict__["_request_id"] = rid
         return rid
 
@@ -227,50 +225,6 @@ class BaseHandler(RequestHandler):
         reason = self.ctx.csrf.violation(self.request.method or "", self.request.headers, self.request.host)
         if reason is not None:
             raise ApiError(403, "csrf_rejected", reason)
-
-    async def fresh_session(self, session: Session) -> Session:
-        """``session``, refreshed first when its access token expires within
-        ``REFRESH_LEEWAY`` (auth/refresh.py), the new session written back to the cookie it came in.
-
-        A refresh the backend rejects ends the session: its cookies are cleared and the answer
-        is 401 ``session_expired``. A refresh that cannot be done now is a 502; the session is kept.
-        """
-        settings = self.ctx.settings
-        # A Bearer session has nowhere to take the rotated tokens back to: refreshing it would
-        # spend its refresh token and leave the client holding a dead one (getToken does not either).
-        if session.source != "cookie" or session.refresh_token is None:
-            return session
-        if not session.expires_within(settings.refresh_leeway):
-            return session
-        try:
-            tokens = await self.backend.refresher.refresh(session.refresh_token)
-        except RefreshRejected:
-            self.write_session_cookie(session.format, None, session.cookie_names)
-            raise ApiError(401, "session_expired", "The session has expired; sign in again.") from None
-        except RefreshUnavailable:
-            raise ApiError(502, "bad_gateway", "The session could not be refreshed now; try again.") from None
-        claims = apply_tokens(session.claims, tokens)
-        value = session.format.codec.encode(claims, settings.session_max_age)
-        self.write_session_cookie(session.format, value, session.cookie_names)
-        return dataclasses.replace(
-            session,
-            access_token=tokens.access_token,
-            refresh_token=tokens.refresh_token,
-            expires_at=tokens.expires_at,
-            claims=claims,
-        )
-
-    def write_session_cookie(self, fmt: SessionFormat, value: str | None, present: tuple[str, ...]) -> None:
-        """Set ``fmt``'s session cookie to ``value`` (chunked as next-auth / Auth.js chunk it), or
-        clear it with ``None``; either way no stale chunk stays. Cookies set here survive an
-        error response."""
-        settings = self.ctx.settings
-        attributes: dict[str, Any] = {"path": "/", "httponly": True, "samesite": "Lax", "secure": settings.production}
-        for name, chunk in write_plan(fmt.cookie_name, value, present, fmt.chunk_size):
-            if chunk is None:
-                self.clear_cookie(name, **attributes)
-            else:
-                self.set_cookie(name, chunk, max_age=settings.session_max_age, **attributes)
 
     def send_json(self, payload: Any, status: int = 200) -> None:
         self.set_status(status)

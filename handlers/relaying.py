@@ -19,6 +19,7 @@ body that stops arriving for ``STREAM_IDLE_TIMEOUT`` is a 408 (``handlers/base.p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import enum
 import logging
@@ -194,6 +195,32 @@ class RelayingHandler(BaseHandler):
             # A closed stream, so the relay takes the producer's failure for the connection
             # ending, not for a rejected request: the upstream sees its request cut off.
             self._pipe.abort(StreamClosedError())
+
+    # -- upstream.relay.Browser: how the relay writes the answer ----------------------------
+
+    def start_answer(self, status: int, headers: list[tuple[str, str]], event_stream: bool) -> Awaitable[None]:
+        for default in ("Content-Type", "Server", "Date"):
+            self.clear_header(default)
+        self.set_status(status)  # custom reason phrases are not relayed (HTTP/2 has none)
+        replaced: set[str] = set()
+        for name, value in headers:
+            if name not in replaced:  # the upstream's value replaces a gateway default of that name
+                self.clear_header(name)
+                replaced.add(name)
+            with contextlib.suppress(ValueError):  # a value Tornado refuses to emit is dropped
+                self.add_header(name, value)
+        if event_stream:
+            self.set_header("Cache-Control", "no-cache, no-transform")
+            self.set_header("X-Accel-Buffering", "no")
+            self.clear_header("Content-Length")
+        return self.flush()
+
+    def send(self, data: bytes) -> Awaitable[None]:
+        self.write(data)
+        return self.flush()
+
+    def abort(self) -> None:
+        self.request.connection.close()  # type: ignore[union-attr]
 
     def abandon(self, relay: Relay) -> None:
         """The browser went away mid-relay: by default the upstream request is dropped at once."""

@@ -176,3 +176,96 @@ async def test_a_drain_stops_accepting_closes_idle_connections_and_lets_a_stream
     assert not gate.server.connections
     idle_writer.close()
     writer.close()
+
+
+@pytest.mark.gen_test
+async def test_a_bad_pipelined_request_is_refused_after_the_answer_before_it(
+    door: Callable[..., Door], backend: FakeBackend, session_cookie: Callable[..., str]
+) -> None:
+    """The refusal is the bad request's answer, in turn: never taken for the one before it."""
+    gate = door()
+    reader, writer = await asyncio.open_connection("127.0.0.1", gate.port)
+    writer.write(f"GET /api/proxy/slow?delay=0.3 HTTP/1.1\r\nHost: g\r\nCookie: {session_cookie()}\r\n\r\n".encode())
+    await asyncio.sleep(0.1)
+    writer.write(b"GET http://evil.example/ HTTP/1.1\r\nHost: g\r\n\r\n")
+    first, body = await read_answer(reader)
+    assert first.startswith(b"HTTP/1.1 200") and body == b'{"slow": true}'
+    second, body = await read_answer(reader)
+    assert second.startswith(b"HTTP/1.1 400") and b"must be a path" in body
+    await closed_within(reader, 2)
+    writer.close()
+    assert [r.path for r in backend.requests] == ["/slow"]
+
+
+@pytest.mark.parametrize("host", [b"", b"Host: a\r\nHost: b\r\n", b"Host: a b\r\n"], ids=["none", "two", "invalid"])
+@pytest.mark.gen_test
+async def test_a_request_tornado_refuses_for_its_host_is_a_400_even_pipelined(
+    host: bytes, door: Callable[..., Door]
+) -> None:
+    gate = door()
+    reader, writer = await asyncio.open_connection("127.0.0.1", gate.port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\nGET /healthz HTTP/1.1\r\n" + host + b"\r\n")
+    first, _ = await read_answer(reader)
+    second, _ = await read_answer(reader)
+    assert first.startswith(b"HTTP/1.1 200") and second.startswith(b"HTTP/1.1 400")
+    await closed_within(reader, 2)
+    writer.close()
+
+
+@pytest.mark.gen_test
+async def test_pipelined_requests_are_held_sixteen_at_most(door: Callable[..., Door]) -> None:
+    """A flood of pipelined requests in one write is not all parsed and held: the first 16 are
+    answered, then the connection closes."""
+    gate = door()
+    reader, writer = await asyncio.open_connection("127.0.0.1", gate.port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: g\r\n\r\n" * 1000)
+    data = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert data.count(b"HTTP/1.1 200 OK") == 16
+
+
+@pytest.mark.gen_test
+async def test_a_body_in_one_byte_chunks_arrives_whole(
+    door: Callable[..., Door], backend: FakeBackend, session_cookie: Callable[..., str]
+) -> None:
+    gate = door()
+    body = bytes(range(256)) * 64
+    chunks = b"".join(b"1\r\n" + body[i : i + 1] + b"\r\n" for i in range(len(body))) + b"0\r\n\r\n"
+    head = (
+        f"POST /api/proxy/echo HTTP/1.1\r\nHost: g\r\nCookie: {session_cookie()}\r\nOrigin: http://g\r\n"
+        "Content-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", gate.port)
+    writer.write(head.encode() + chunks)
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    assert backend.requests[0].body == body
+
+
+@pytest.mark.gen_test
+async def test_a_head_begun_during_an_answer_has_the_head_timeout(door: Callable[..., Door]) -> None:
+    gate = door(head_timeout=0.3, idle_timeout=5)
+    reader, writer = await asyncio.open_connection("127.0.0.1", gate.port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: g\r\n\r\nGET /healthz HTTP/1.1\r\nHo")
+    await read_answer(reader)
+    assert await closed_within(reader, 3) < 1.5
+    writer.close()
+
+
+@pytest.mark.gen_test
+async def test_closing_every_connection_does_not_wait_on_a_client_that_never_reads(
+    door: Callable[..., Door], session_cookie: Callable[..., str]
+) -> None:
+    gate = door()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", gate.port))
+    sock.sendall(
+        f"GET /api/proxy/bytes?size=20000000 HTTP/1.1\r\nHost: g\r\nCookie: {session_cookie()}\r\n\r\n".encode()
+    )
+    await asyncio.sleep(0.5)  # the answer fills both sides' buffers
+    started = time.monotonic()
+    await gate.server.close_all_connections()
+    assert time.monotonic() - started < 1 and not gate.server.connections
+    sock.close()

@@ -76,6 +76,9 @@ CASES = [
         b"GET /api/proxy/echo HTTP/1.1\r\n" + HOST + b"Connection: Upgrade\r\nUpgrade: x\r\n\r\n",
         tornado_fault="serves it as a plain request",
     ),
+    Case("HTTP/2.0 in a request line", b"GET /api/proxy/echo HTTP/2.0\r\n" + HOST + b"\r\n"),
+    Case("HTTP/0.9 in a request line", b"GET /api/proxy/echo HTTP/0.9\r\n" + HOST + b"\r\n"),
+    Case("chunked trailers", post(b"Transfer-Encoding: chunked\r\n", b"2\r\nab\r\n0\r\nX-Evil: 1\r\n\r\n")),
     Case(
         "too many headers",
         b"GET /api/proxy/echo HTTP/1.1\r\n" + HOST + b"".join(b"X-%d: 1\r\n" % i for i in range(101)) + b"\r\n",

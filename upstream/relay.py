@@ -30,7 +30,6 @@ This is the only place that moves bytes from an upstream to a browser. The contr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -38,13 +37,21 @@ from typing import Protocol
 from tornado.httputil import HTTPHeaders, ResponseStartLine
 from tornado.iostream import StreamClosedError
 from tornado.simple_httpclient import HTTPTimeoutError
-from tornado.web import RequestHandler
 
 from upstream.client import AbortableRequest, UpstreamAborted, UpstreamClient
 from upstream.headers import response_headers_to_relay
 from upstream.sse import EventBuffer, comment, error_event, is_event_stream
 
-__all__ = ["BodyProducer", "HeldResponse", "Relay", "RelayError", "RelayLimits", "RelayObserver", "RelayResult"]
+__all__ = [
+    "BodyProducer",
+    "Browser",
+    "HeldResponse",
+    "Relay",
+    "RelayError",
+    "RelayLimits",
+    "RelayObserver",
+    "RelayResult",
+]
 
 STALLED_FLUSH_GRACE = 1.0  # seconds a failed stream waits for the browser to take a pending write
 HELD_BODY_LIMIT = 64 * 1024  # a held answer is read for its error code and message, not relayed
@@ -101,18 +108,32 @@ class _PassThrough(Exception):
         self.error = error
 
 
+class Browser(Protocol):
+    """The browser's side of the answer, as the relay writes it; the handler implements it."""
+
+    def start_answer(self, status: int, headers: list[tuple[str, str]], event_stream: bool) -> Awaitable[None]:
+        """Answer ``status`` with the upstream's ``headers`` (already filtered by the relay's
+        policy), marked as an event stream when it is one, and send the head now."""
+
+    def send(self, data: bytes) -> Awaitable[None]:
+        """Write ``data``; the awaitable resolves once the connection has taken it (flow control)."""
+
+    def abort(self) -> None:
+        """Close the connection: an answer that broke off must never look complete."""
+
+
 class Relay:
     """One relay per proxied request: `run` it once; when the browser goes away, `cancel` it,
     or `detach` it to keep reading the upstream unseen for a while."""
 
     def __init__(
         self,
-        handler: RequestHandler,
+        browser: Browser,
         client: UpstreamClient,
         limits: RelayLimits,
         observer: RelayObserver | None = None,
     ) -> None:
-        self._handler = handler
+        self._browser = browser
         self._client = client
         self._limits = limits
         self._observer = observer
@@ -197,24 +218,14 @@ class Relay:
             self._held = HeldResponse(start.code, headers, bytearray())
             return
         self._last_progress = self._last_write = now
-        handler = self._handler
-        for default in ("Content-Type", "Server", "Date"):
-            handler.clear_header(default)
-        handler.set_status(start.code)  # custom reason phrases are not relayed (HTTP/2 has none)
-        replaced: set[str] = set()
-        for name, value in response_headers_to_relay(headers):
-            if name not in replaced:  # the upstream's value replaces a gateway default of that name
-                handler.clear_header(name)
-                replaced.add(name)
-            with contextlib.suppress(ValueError):  # a value Tornado refuses to emit is dropped
-                handler.add_header(name, value)
-        if is_event_stream(headers.get("Content-Type")):
+        event_stream = is_event_stream(headers.get("Content-Type"))
+        if event_stream:
             self._sse = EventBuffer()
-            handler.set_header("Cache-Control", "no-cache, no-transform")
-            handler.set_header("X-Accel-Buffering", "no")
-            handler.clear_header("Content-Length")
         self._headers_sent = True
-        self._writing = self._flush_now()  # the browser sees the status before the first byte
+        # The browser sees the status before the first byte.
+        self._writing = asyncio.ensure_future(
+            self._browser.start_answer(start.code, list(response_headers_to_relay(headers)), event_stream)
+        )
         self._arm(now + self._tick_interval())
 
     async def _on_chunk(self, chunk: bytes) -> None:
@@ -235,14 +246,10 @@ class Relay:
 
     # -- writing to the browser ----------------------------------------------------------
 
-    def _flush_now(self) -> asyncio.Future[None]:
-        return asyncio.ensure_future(self._handler.flush())
-
     def _write_now(self, data: bytes) -> asyncio.Future[None]:
         """Hand ``data`` to the browser's connection; the caller owns the flush it returns."""
-        self._handler.write(data)
         self._last_write = self._loop.time()
-        return self._flush_now()
+        return asyncio.ensure_future(self._browser.send(data))
 
     async def _send(self, data: bytes) -> None:
         """Write and flush ``data`` after any flush in progress; one flush at a time."""
@@ -294,11 +301,11 @@ class Relay:
         self._cut_off()
 
     def _cut_off(self) -> None:
-        """Close the browser's connection. Tornado drops a flush future still pending then
-        without resolving it (``HTTP1Connection._clear_callbacks``); release its waiters here,
-        or they, and the upstream fetch task awaiting them, would wait forever."""
+        """Close the browser's connection. Tornado's server drops a flush future still pending
+        then without resolving it (``HTTP1Connection._clear_callbacks``); release its waiters
+        here, or they, and the upstream fetch task awaiting them, would wait forever."""
         self._cut = True
-        self._handler.request.connection.close()  # type: ignore[union-attr]
+        self._browser.abort()
         if self._writing is not None and not self._writing.done():
             self._writing.set_result(None)
 
