@@ -58,6 +58,8 @@ _LAST_CHUNK = b"0\r\n\r\n"
 _REASONS = {400: "Bad Request", 413: "Payload Too Large", 431: "Request Header Fields Too Large"}
 _CODES = {400: "bad_request", 413: "payload_too_large", 431: "request_header_fields_too_large"}
 MAX_PIPELINED = 16  # requests parsed and held, the one in hand included
+LINGER_SECONDS = 2.0  # after an early answer, how long the rest of its request is read and dropped
+LINGER_BYTES = 16 * 1024 * 1024  # ... and how much of it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +105,7 @@ class ServerConnection(asyncio.Protocol):
         self._head_started = False  # bytes of a request head arrived; its timer runs
         self.exchange: Exchange | None = None
         self.draining = False  # finish the request in hand, then close
+        self._lingering: int | None = None  # bytes still dropped before closing (see _linger)
         self.context = RequestContext(None, "http")
 
     # -- asyncio.Protocol --------------------------------------------------------------
@@ -116,6 +119,11 @@ class ServerConnection(asyncio.Protocol):
         self._arm(self.params.idle_timeout)
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering is not None:
+            self._lingering -= len(data)  # the rest of a request already answered: dropped
+            if self._lingering <= 0:
+                self.abort()
+            return
         if self.exchange is None and not self._head_started:
             self._head_started = True
             self._arm(self.params.head_timeout)
@@ -284,7 +292,10 @@ class ServerConnection(asyncio.Protocol):
         self.exchange = None
         if close or (self._parser.closed and not self._pending):
             self._pending.clear()  # nothing after a closing answer is ever served
-            self.close()
+            if exchange.read:
+                self.close()
+            else:
+                self._linger()
             return
         if self.draining and not self._pending:
             self.close()
@@ -292,6 +303,25 @@ class ServerConnection(asyncio.Protocol):
         # A head that began arriving during the answer has the rest of its time, not the idle's.
         self._arm(self.params.head_timeout if self._parser.in_head else self.params.idle_timeout)
         self._run()
+
+    def _linger(self) -> None:
+        """Close after an answer sent before the request was read whole, without losing it.
+
+        Closing a socket with unread bytes in it makes the kernel send a reset, which can reach
+        the client before it has read the answer: it sees a network error instead of the 413.
+        So, as nginx's lingering close: send our side's end, then read and drop what the client
+        still sends, `LINGER_BYTES` or `LINGER_SECONDS` at most, and close."""
+        transport = self._transport
+        if transport is None or not transport.can_write_eof():
+            self.close()
+            return
+        self._lingering = LINGER_BYTES
+        self._parser.closed = True
+        transport.write_eof()
+        self._arm(LINGER_SECONDS)
+        if self._reading_paused:
+            self._reading_paused = False
+            transport.resume_reading()
 
     def refuse(self, error: BadRequest) -> None:
         # As Tornado's server logs it; the request's bytes are never logged (they can hold a cookie).

@@ -32,6 +32,7 @@ from handlers.context import BackendFeature, ChatFeature, Context
 from handlers.errors import ApiError, stalled, too_large
 from handlers.request_body import BufferedBody
 from handlers.session_writeback import SessionWriteBack
+from upstream.errors import GatewayError
 
 __all__ = ["NO_BODY_LIMIT", "BaseHandler", "NotFoundHandler"]
 
@@ -231,14 +232,14 @@ class BaseHandler(SessionWriteBack):
         self.set_header("Content-Type", "application/json")
         self.write(json.dumps(payload, separators=(",", ":")).encode())
 
-    def fail(self, error: ApiError) -> None:
+    def fail(self, error: GatewayError) -> None:
         """Answer ``error`` now, if nothing was answered yet."""
         if not self._finished and not self._headers_written:
-            self.send_error(error.status_code, exc_info=(type(error), error, None))
+            self.send_error(error.status, exc_info=(type(error), error, None))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, ApiError):
+        if isinstance(exc, GatewayError):
             code, message = exc.code, exc.message
             for name, value in exc.headers.items():
                 self.set_header(name, value)

@@ -73,10 +73,8 @@ class DifyHandler(RelayingHandler):
         pass
 
     def answer_held(self, held: HeldResponse) -> None:
-        error = dify_error(held, self.chat.dify)
         self.outcome = "dify_error"
-        headers = {"Retry-After": error.retry_after} if error.retry_after is not None else None
-        self.fail(ApiError(error.status, error.code, error.message, headers))
+        self.fail(dify_error(held, self.chat.dify))
 
     def with_user(self, parsed: Any) -> bytes:
         """A JSON object body with Dify's ``user`` set by the gateway."""

@@ -1,19 +1,23 @@
-"""`ApiError`: every refusal a client sees, as ``{"error": "<snake_case_code>", "message": "..."}``."""
+"""`ApiError`: a handler's refusal, the handlers' member of the `GatewayError` family (every
+error a client sees, as ``{"error": "<snake_case_code>", "message": "..."}``)."""
 
 from __future__ import annotations
 
 from tornado.web import HTTPError
 
+from upstream.errors import GatewayError
+
 __all__ = ["ApiError", "stalled", "too_large"]
 
 
-class ApiError(HTTPError):
-    """An error the client gets as JSON: ``{"error": code, "message": message}``, with
-    ``headers`` (e.g. ``Retry-After``): Tornado clears headers set before an error is sent."""
+class ApiError(GatewayError, HTTPError):
+    """A handler's refusal (`GatewayError`), raised where Tornado expects an ``HTTPError``, so
+    that its ``status`` is the answer's. Headers set before an error is sent are cleared by
+    Tornado: an error's own (``Retry-After``) travel with it."""
 
     def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(status)
-        self.code, self.message, self.headers = code, message, headers or {}
+        GatewayError.__init__(self, status, code, message, headers)
+        HTTPError.__init__(self, status)
 
 
 def too_large(limit: int) -> ApiError:

@@ -171,7 +171,7 @@ class RelayingHandler(BaseHandler):
         except RelayError as exc:
             if self.outcome != "client_closed":
                 self.outcome = "upstream_failed"
-                self.fail(ApiError(exc.status, exc.code, exc.message))
+                self.fail(exc)
             return
         except ApiError as exc:
             self.outcome = "request_rejected"

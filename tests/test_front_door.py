@@ -17,12 +17,13 @@ from typing import Any
 
 import pytest
 from tornado.netutil import bind_sockets
+from tornado.web import Application, RequestHandler, stream_request_body
 
 from frontdoor.connection import ConnectionParams
 from frontdoor.server import FrontDoor
 from handlers.context import Context
 from server import make_app
-from tests.conftest import test_settings
+from tests.conftest import LogCapture, test_settings
 from tests.fakes.backend import FakeBackend
 
 
@@ -269,3 +270,38 @@ async def test_closing_every_connection_does_not_wait_on_a_client_that_never_rea
     await gate.server.close_all_connections()
     assert time.monotonic() - started < 1 and not gate.server.connections
     sock.close()
+
+
+@stream_request_body
+class _Faulty(RequestHandler):
+    """A handler that fails where Tornado's server would log and close: in data_received, and
+    in on_connection_close."""
+
+    def data_received(self, chunk: bytes) -> None:
+        raise RuntimeError("a fault in data_received")
+
+    def on_connection_close(self) -> None:
+        raise RuntimeError("a fault in on_connection_close")
+
+    def post(self) -> None:
+        self.finish("never")
+
+
+@pytest.mark.gen_test
+async def test_a_fault_in_a_handler_ends_its_connection_logged_and_leaves_nothing_behind(
+    io_loop: Any, logs: LogCapture
+) -> None:
+    server = FrontDoor(Application([(r"/faulty", _Faulty)]))
+    [sock] = bind_sockets(0, "127.0.0.1", family=socket.AF_INET)
+    server.add_sockets([sock])
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", sock.getsockname()[1])
+        writer.write(b"POST /faulty HTTP/1.1\r\nHost: g\r\nContent-Length: 5\r\n\r\nhello")
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # aborted, not left hanging
+        writer.close()
+        await asyncio.sleep(0.05)
+        assert not server.connections, "the connection is forgotten, so a shutdown cannot wait on it"
+        assert "unhandled error in the server connection" in logs.text
+    finally:
+        server.stop()
+        await server.close_all_connections()

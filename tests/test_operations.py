@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 import handlers.proxy
+from handlers.access_log import ACCESS_FIELDS
 from tests.conftest import ACCESS_TOKEN, INTEROP, REFRESH_TOKEN, SECRET, LogCapture, RunningGateway
 from tests.fakes.backend import FakeBackend
 
@@ -51,6 +52,28 @@ async def test_access_line_for_rejected_and_failed_requests(
     first, second = logs.records("gatehouse.access")
     assert (first["status"], first["user"], first["upstream_ms"]) == (401, None, None)
     assert (second["status"], second["outcome"]) == (502, "upstream_failed")
+
+
+@pytest.mark.gen_test
+async def test_the_access_line_keeps_its_fields_order_and_an_early_answers_outcome(
+    backend: FakeBackend,
+    start_gateway: Callable[..., RunningGateway],
+    fetch: Fetch,
+    session_cookie: Callable[..., str],
+    logs: LogCapture,
+) -> None:
+    """The access line is one JSON object with python-json-logger's fields first, then the
+    access fields in a fixed order. An answer sent before the body was read (a 413 on
+    Content-Length) is logged with its own outcome: the connection closes after it, and that
+    close is not the client leaving."""
+    gateway = start_gateway(backend.url, max_body_bytes=100)
+    response = await fetch(
+        gateway.url + "/api/proxy/upload", method="POST", body=b"x" * 101, headers={"Cookie": session_cookie()}
+    )
+    assert response.code == 413
+    [raw] = [line for line in logs.lines if '"logger": "gatehouse.access"' in line]
+    assert list(json.loads(raw)) == ["time", "level", "logger", "message", *ACCESS_FIELDS]
+    assert json.loads(raw)["outcome"] != "client_closed"
 
 
 @pytest.mark.gen_test

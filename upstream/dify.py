@@ -12,7 +12,6 @@ browser never thinks it is signed out; 5xx and unreadable answers become 502.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import urllib.parse
@@ -21,6 +20,7 @@ from collections.abc import Mapping
 from tornado.httputil import HTTPHeaders
 
 from upstream.client import UpstreamClient
+from upstream.errors import GatewayError
 from upstream.relay import HeldResponse
 
 __all__ = ["DifyClient", "DifyError", "dify_error"]
@@ -29,12 +29,8 @@ log = logging.getLogger("gatehouse")
 _MAX_MESSAGE = 500
 
 
-@dataclasses.dataclass(frozen=True)
-class DifyError:
-    status: int
-    code: str
-    message: str
-    retry_after: str | None = None
+class DifyError(GatewayError):
+    """An error Dify gave before any stream began, in gatehouse's words (`dify_error`)."""
 
 
 class DifyClient:
@@ -94,11 +90,12 @@ def dify_error(held: HeldResponse, client: DifyClient) -> DifyError:
         )
     if status >= 500 or status < 400:
         return DifyError(502, "bad_gateway", message or "The chat service failed to answer.")
+    retry_after = held.headers.get("Retry-After") if status == 429 else None
     return DifyError(
         status,
         code or ("rate_limited" if status == 429 else "bad_request"),
         message or "The chat service refused the request.",
-        retry_after=held.headers.get("Retry-After") if status == 429 else None,
+        {"Retry-After": retry_after} if retry_after is not None else None,
     )
 
 

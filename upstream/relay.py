@@ -39,6 +39,7 @@ from tornado.iostream import StreamClosedError
 from tornado.simple_httpclient import HTTPTimeoutError
 
 from upstream.client import AbortableRequest, UpstreamAborted, UpstreamClient
+from upstream.errors import GatewayError
 from upstream.headers import response_headers_to_relay
 from upstream.sse import EventBuffer, comment, error_event, is_event_stream
 
@@ -92,12 +93,8 @@ class RelayObserver(Protocol):
         """Complete SSE events, as relayed (or, once detached, as read)."""
 
 
-class RelayError(Exception):
+class RelayError(GatewayError):
     """The upstream failed before any response reached the browser."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
 
 
 class _PassThrough(Exception):
