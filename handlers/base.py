@@ -78,7 +78,7 @@ class BaseHandler(SessionWriteBack):
     bytes_out: int = 0
 
     _body: BufferedBody | None = None
-    _body_read = False  # Tornado has read the whole request; it calls the verb method only then
+    _body_read = False  # the whole request has been read: the verb method is only called then
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -252,7 +252,7 @@ class BaseHandler(SessionWriteBack):
             self.set_header("Allow", ", ".join(self.SUPPORTED_METHODS))
         if not self._body_read:
             # Answered before the request was read whole (a 405, a refusal in prepare, a 408 or
-            # 413): Tornado closes the connection after it, so say so.
+            # 413): the server closes the connection after it, so say so.
             self.set_header("Connection", "close")
         self.send_json({"error": code, "message": message}, status_code)
         self.finish()
