@@ -30,6 +30,7 @@ This is the only place that moves bytes from an upstream to a browser. The contr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -225,27 +226,37 @@ class Relay:
         )
         self._arm(now + self._tick_interval())
 
-    async def _on_chunk(self, chunk: bytes) -> None:
-        self._last_progress = self._loop.time()
+    def _on_chunk(self, chunk: bytes) -> asyncio.Future[None] | None:
+        """A piece of the upstream's body. Returns a future only when the upstream must wait
+        for the browser: a chunk that the browser's socket takes at once costs no task."""
+        now = self._last_progress = self._loop.time()
         if self._failure is not None:
-            return
+            return None
         if self._held is not None:
             self._held.body += chunk[: HELD_BODY_LIMIT - len(self._held.body)]
-            return
+            return None
         data = self._sse.feed(chunk) if self._sse is not None else chunk
-        if data:
-            if self._sse is not None and self._observer is not None:
-                self._observer.on_events(data)
-            if self._detached_until is not None:
-                return
-            await self._send(data)
-            self._last_progress = self._loop.time()
+        if not data:
+            return None
+        if self._sse is not None and self._observer is not None:
+            self._observer.on_events(data)
+        if self._detached_until is not None:
+            return None
+        if self._writing is not None and not self._writing.done():
+            return asyncio.ensure_future(self._send(data))  # one flush at a time: wait for the last
+        if self._cut:
+            return None
+        writing = self._writing = self._write_now(data, now)
+        if not writing.done():
+            return asyncio.ensure_future(self._flushed(writing))
+        self._check_written(writing)
+        return None
 
     # -- writing to the browser ----------------------------------------------------------
 
-    def _write_now(self, data: bytes) -> asyncio.Future[None]:
+    def _write_now(self, data: bytes, now: float | None = None) -> asyncio.Future[None]:
         """Hand ``data`` to the browser's connection; the caller owns the flush it returns."""
-        self._last_write = self._loop.time()
+        self._last_write = self._loop.time() if now is None else now
         return asyncio.ensure_future(self._browser.send(data))
 
     async def _send(self, data: bytes) -> None:
@@ -258,11 +269,20 @@ class Relay:
         if self._cut or self._detached_until is not None:
             return  # the browser's connection was closed while this waited its turn
         self._writing = self._write_now(data)
-        try:
-            await self._writing
-        except StreamClosedError:
+        await self._flushed(self._writing)
+
+    async def _flushed(self, writing: asyncio.Future[None]) -> None:
+        with contextlib.suppress(StreamClosedError):
+            await writing
+        self._check_written(writing)
+
+    def _check_written(self, writing: asyncio.Future[None]) -> None:
+        """After a flush: progress, or the browser is gone."""
+        if writing.cancelled() or writing.exception() is not None:
             if self._detached_until is None:
                 self._abort("client_closed")
+            return
+        self._last_progress = self._loop.time()
 
     async def _finish(self) -> None:
         if self._detached_until is not None:
