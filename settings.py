@@ -124,6 +124,13 @@ class Settings:
     chat_max_body_bytes: int = 256 * 1024
     chat_rate_per_minute: int = 20  # per user; 0 turns the limit off
     demo: bool = False  # no upstream configured: `make run` starts in-process demo upstreams
+    workers: int = 1  # processes sharing the listening socket, under one supervisor
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None  # None: no metrics listener
+    shutdown_delay: float = 0.0  # seconds /readyz says "draining" before the listener closes
+    drain_timeout: float = 30.0  # seconds requests in flight get to end once the listener closes
+    redis_url: str | None = None  # shared state across workers and instances; a secret (may hold a password)
+    redis_timeout: float = 0.5  # the bound on every Redis call
 
     def __post_init__(self) -> None:
         # A JSON body is a body: its limit never exceeds MAX_BODY_BYTES, however built.
@@ -243,6 +250,13 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None 
             ("CHAT_RATE_PER_MINUTE",), _int_in(0, 1_000_000), defaults.chat_rate_per_minute
         ),
         demo=demo,
+        workers=reader.get(("WORKERS",), _workers, defaults.workers),
+        metrics_host=reader.get(("METRICS_HOST",), _text, defaults.metrics_host),
+        metrics_port=reader.get(("METRICS_PORT",), _int_in(0, 65535), defaults.metrics_port),
+        shutdown_delay=reader.get(("SHUTDOWN_DELAY",), _non_negative_float, defaults.shutdown_delay),
+        drain_timeout=reader.get(("DRAIN_TIMEOUT",), _non_negative_float, defaults.drain_timeout),
+        redis_url=reader.get(("REDIS_URL",), _redis_url, defaults.redis_url, secret=True),
+        redis_timeout=reader.get(("REDIS_TIMEOUT",), _positive_float, defaults.redis_timeout),
     )
 
 
@@ -274,7 +288,8 @@ class _Reader:
     def __init__(self, env: Mapping[str, str]) -> None:
         self._env = env
 
-    def get(self, names: tuple[str, ...], parse: Callable[[str], _T], default: _T) -> _T:
+    def get(self, names: tuple[str, ...], parse: Callable[[str], _T], default: _T, secret: bool = False) -> _T:
+        """The first of ``names`` set, parsed; a ``secret`` value is never repeated in the error."""
         for name in names:
             raw = self._env.get(name)
             if raw is None or raw.strip() == "":
@@ -282,7 +297,7 @@ class _Reader:
             try:
                 return parse(raw.strip())
             except ValueError as exc:
-                raise SettingsError(f"{name}: {exc} (got {raw!r})") from None
+                raise SettingsError(f"{name}: {exc}" + ("" if secret else f" (got {raw!r})")) from None
         return default
 
     def choice(self, names: tuple[str, ...], allowed: tuple[str, ...], default: str, upper: bool = False) -> str:
@@ -317,6 +332,25 @@ def _int_in(low: int, high: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def _workers(raw: str) -> int:
+    """A count of worker processes, or ``auto``: one per CPU."""
+    if raw.lower() == "auto":
+        return os.cpu_count() or 1
+    return _int_in(1, 1024)(raw)
+
+
+def _redis_url(raw: str) -> str:
+    # The message never repeats the value: it may carry a password.
+    try:
+        parts = urllib.parse.urlsplit(raw)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ValueError("must be a redis:// or rediss:// URL with a valid port") from None
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise ValueError("must be a redis:// or rediss:// URL")
+    return raw
 
 
 def _non_negative_float(raw: str) -> float:
