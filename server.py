@@ -27,6 +27,7 @@ from handlers.auth import LoginHandler, LogoutHandler, SessionHandler
 from handlers.base import NotFoundHandler
 from handlers.chat import ENDPOINTS, ChatHandler, DifyApiHandler
 from handlers.context import Context
+from handlers.demo_page import demo_routes
 from handlers.health import HealthHandler, ReadyHandler
 from handlers.proxy import ProxyHandler
 from settings import Settings, SettingsError, load_settings
@@ -57,6 +58,8 @@ def make_app(settings: Settings, ctx: Context | None = None) -> Application:
     if ctx.chat is not None:
         routes.append((r"/api/chat", ChatHandler, args))
         routes += [(path, DifyApiHandler, {**args, "endpoint": endpoint}) for path, endpoint in ENDPOINTS.items()]
+    if settings.demo:
+        routes += demo_routes(args)
     return Application(
         routes,
         default_handler_class=NotFoundHandler,
