@@ -29,6 +29,7 @@ from bench.streams import SECRET, free_port, wait_listening
 __all__ = [
     "BENCH",
     "COOKIE_NAME",
+    "DEFAULT_PEERS",
     "NEXTJS_DIR",
     "PEERS",
     "ROOT",
@@ -40,6 +41,7 @@ __all__ = [
     "ensure_tools",
     "fetch",
     "mint_cookie",
+    "runtime_python",
     "tree_cpu_seconds",
     "tree_rss_kib",
 ]
@@ -50,7 +52,22 @@ NEXTJS_DIR = BENCH / "peers" / "nextjs"
 NEXT_BIN = NEXTJS_DIR / "node_modules" / "next" / "dist" / "bin" / "next"
 # "gatehouse-tornado": gatehouse itself with SERVER_IMPL=tornado (Tornado's HTTPServer on the
 # browser side instead of gatehouse's own connection), so both are measured side by side.
-PEERS = ("gatehouse", "gatehouse-tornado", "nextjs", "fastapi", "nginx", "direct")
+# "gatehouse-py3.12" / "-py3.13": gatehouse on another Python (issue 12's runtime lever), in its
+# own venv (.venv-3.12, .venv-3.13) built from requirements.txt; only when asked for by --peers.
+PEERS = (
+    "gatehouse",
+    "gatehouse-tornado",
+    "gatehouse-py3.12",
+    "gatehouse-py3.13",
+    "gatehouse-baseline",
+    "nextjs",
+    "fastapi",
+    "nginx",
+    "direct",
+)
+# "gatehouse-baseline": gatehouse from another checkout (GATEHOUSE_BASELINE=<path>, e.g. a git
+# worktree of an earlier commit), to measure a lever against the code before it in one run.
+DEFAULT_PEERS = tuple(p for p in PEERS if not p.startswith(("gatehouse-py", "gatehouse-baseline")))
 COOKIE_NAME = "next-auth.session-token"
 UPLOAD_LIMIT = 2 * 1024**3  # gatehouse's MAX_BODY_BYTES in the bench: scenario E sends 1 GiB
 MIN_NODE = (20, 9)  # Next.js 16
@@ -236,6 +253,52 @@ def ensure_tools(peers: tuple[str, ...], scenarios: tuple[str, ...], install: bo
         _apt_install(apt)
     if "nextjs" in peers:
         _ensure_nextjs(install)
+    if "gatehouse-baseline" in peers:
+        baseline_root()
+    for peer in peers:
+        if peer.startswith("gatehouse-py"):
+            _ensure_runtime(peer.removeprefix("gatehouse-py"), install)
+
+
+def baseline_root() -> Path:
+    """The checkout peer ``gatehouse-baseline`` runs (``GATEHOUSE_BASELINE``)."""
+    path = os.environ.get("GATEHOUSE_BASELINE")
+    if not path or not (Path(path) / "server.py").exists():
+        raise SetupError("gatehouse-baseline needs GATEHOUSE_BASELINE=<a gatehouse checkout>")
+    return Path(path)
+
+
+def runtime_python(version: str) -> Path:
+    """The interpreter of the ``.venv-<version>`` gatehouse runs on as peer ``gatehouse-py<version>``."""
+    return ROOT / f".venv-{version}" / "bin" / "python"
+
+
+def _ensure_runtime(version: str, install: bool) -> None:
+    python = runtime_python(version)
+    stamp = python.parent.parent / ".installed"
+    if not _stale(stamp, [ROOT / "requirements.txt"]):
+        return
+    base = shutil.which(f"python{version}") or next(
+        (str(p) for p in sorted(Path.home().glob(f".pyenv/versions/{version}.*/bin/python")) if p.exists()), None
+    )
+    if base is None or not install:
+        raise SetupError(
+            f"gatehouse-py{version} needs python{version} and .venv-{version} (pip install -r requirements.txt)"
+        )
+    _run([base, "-m", "venv", str(python.parent.parent)])
+    _run(
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-r",
+            str(ROOT / "requirements.txt"),
+        ]
+    )
+    stamp.touch()
 
 
 def _ensure_nextjs(install: bool) -> None:
@@ -386,7 +449,7 @@ class Bench:
 
     def _command(self, name: str, port: int) -> tuple[list[str], dict[str, str], Path | None]:
         backend = f"http://127.0.0.1:{self.upstream_port}"
-        if name in ("gatehouse", "gatehouse-tornado"):
+        if name.startswith("gatehouse"):
             env = {
                 "SERVER_IMPL": "tornado" if name == "gatehouse-tornado" else "gatehouse",
                 "BACKEND_URL": backend,
@@ -396,7 +459,11 @@ class Bench:
                 "LOG_LEVEL": "INFO",  # one JSON access line per request, as in production
                 "MAX_BODY_BYTES": str(UPLOAD_LIMIT),
             }
-            return [sys.executable, str(ROOT / "server.py")], env, ROOT
+            python = (
+                runtime_python(name.removeprefix("gatehouse-py")) if name.startswith("gatehouse-py") else sys.executable
+            )
+            root = baseline_root() if name == "gatehouse-baseline" else ROOT
+            return [str(python), str(root / "server.py")], env, root
         if name == "fastapi":
             env = {"BACKEND_URL": backend, "SESSION_SECRET": SECRET}
             return [sys.executable, str(BENCH / "peers" / "fastapi_peer.py"), "--port", str(port)], env, ROOT

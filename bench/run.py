@@ -14,6 +14,10 @@ and disconnect routes), then, one at a time and afresh for each measurement, eac
   INFO as in production, ``MAX_BODY_BYTES`` = 2 GiB so the 1 GiB upload passes;
 * ``gatehouse-tornado``: the same with ``SERVER_IMPL=tornado`` (Tornado's server on the browser
   side), so gatehouse's own server connection is measured against the one it replaced;
+* ``gatehouse-py3.12``, ``gatehouse-py3.13`` (only with ``--peers``): gatehouse on that Python,
+  from ``.venv-3.12`` / ``.venv-3.13`` (built on first use), to weigh the runtime;
+* ``gatehouse-baseline`` (only with ``--peers``): gatehouse from ``GATEHOUSE_BASELINE=<checkout>``,
+  e.g. a worktree of the commit before a lever, to weigh the lever in the same run;
 * ``nextjs``: ``bench/peers/nextjs`` (app-router route handler, next-auth@4 ``getToken`` +
   ``fetch``), ``next build`` + ``next start``, telemetry off;
 * ``fastapi``: ``bench/peers/fastapi_peer.py`` (FastAPI, uvicorn + uvloop + httptools, httpx);
@@ -60,6 +64,7 @@ sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != 
 
 from bench import scenarios  # noqa: E402
 from bench.harness import (  # noqa: E402
+    DEFAULT_PEERS,
     NEXTJS_DIR,
     PEERS,
     Bench,
@@ -117,7 +122,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="a short smoke run: small C, short runs, 1 repetition")
     parser.add_argument("--only", type=_csv(SCENARIOS, True), default=SCENARIOS, help="scenarios, e.g. A,B")
-    parser.add_argument("--peers", type=_csv(PEERS, False), default=PEERS, help="peers (gatehouse is always in)")
+    parser.add_argument(
+        "--peers", type=_csv(PEERS, False), default=DEFAULT_PEERS, help="peers (gatehouse is always in)"
+    )
     parser.add_argument("--reps", type=int, help="repetitions (3; --quick: 1)")
     parser.add_argument("--b-reps", type=int, help="repetitions of scenario B only (default: --reps)")
     parser.add_argument("--streams", type=_counts, help="scenario B's stream counts (1000,5000,9500)")
