@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint check clean bench load fuzz
+.PHONY: run test lint check clean bench load fuzz redis-server browser-deps e2e
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,9 +22,44 @@ UVLOOP_TESTS := tests/test_relay.py tests/test_upstream_client.py tests/test_ups
 	tests/test_upstream_framing.py tests/test_upstream_tls.py tests/test_proxy_bodies.py tests/test_chat.py \
 	tests/test_front_door.py tests/test_front_door_framing.py tests/test_body_limits.py
 
-test: $(STAMP)
+# The tests start their own redis-server (tests/redis_server.py): Debian's package, installed
+# here when it is not on PATH (as root, else through sudo).
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" -eq 0 ]; then sudo=; elif command -v sudo >/dev/null 2>&1; then sudo=sudo; \
+		else echo "make: redis-server is missing and cannot be installed without root: apt-get install redis-server" >&2; exit 1; fi; \
+		echo "make: installing redis-server (Debian package)"; \
+		$$sudo apt-get update -qq && \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null; }
+
+# The browser tests (tests/browser/) drive Debian's chromium with Playwright (never a browser of
+# Playwright's own) and build the Next.js drop-in with the machine's Node.js: chromium and the
+# fonts its pages render with are installed here when missing (as root, else through sudo; with
+# Debian's recommends, as the machine's own probe ran it), and the example's locked packages with
+# npm ci whenever its lock file changes.
+NEXT_APP := examples/nextjs
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
+
+$(NEXT_APP)/node_modules/.installed: $(NEXT_APP)/package.json $(NEXT_APP)/package-lock.json
+	cd $(NEXT_APP) && npm ci --no-audit --no-fund
+	touch $@
+
+browser-deps: $(NEXT_APP)/node_modules/.installed
+	@command -v chromium >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" -eq 0 ]; then sudo=; elif command -v sudo >/dev/null 2>&1; then sudo=sudo; \
+		else echo "make: chromium is missing and cannot be installed without root: apt-get install chromium" >&2; exit 1; fi; \
+		echo "make: installing chromium (Debian package)"; \
+		$$sudo apt-get update -qq && \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			chromium fonts-dejavu-core fonts-liberation >/dev/null; }
+
+test: $(STAMP) redis-server browser-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 	GATEHOUSE_TEST_LOOP=uvloop $(PY) -m pytest $(UVLOOP_TESTS) -k "not test_1000_aborted_streams" $(PYTEST_ARGS)
+
+# The browser tests alone (they run in `make test` too).
+e2e: $(STAMP) browser-deps
+	$(PY) -m pytest tests/browser $(PYTEST_ARGS)
 
 # The property-based suite runs in `make test` with a bounded profile; this runs it much longer
 # (not in CI). HYPOTHESIS_PROFILE is read by tests/fuzz_strategies.py.
@@ -50,8 +85,10 @@ $(VENV)/.load-installed: requirements-load.txt $(STAMP)
 bench: $(VENV)/.bench-installed
 	$(PY) bench/run.py $(BENCH_ARGS)
 
-load: $(VENV)/.load-installed
+# Two runs: one demo-mode process, then WORKERS=2 sharing state through a real redis-server.
+load: $(VENV)/.load-installed redis-server
 	$(PY) loadtest/run.py $(LOAD_ARGS)
+	$(PY) loadtest/run.py --workers 2 --redis $(LOAD_ARGS)
 
 clean:
 	rm -rf $(VENV)

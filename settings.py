@@ -117,6 +117,7 @@ class Settings:
     session_max_age: int = 30 * 24 * 60 * 60
     previous_secrets: tuple[str, ...] = ()  # AUTH_SECRET_1..3: Auth.js v5 secret rotation
     allowed_origins: frozenset[str] = frozenset()
+    session_cookie_samesite: str = "Lax"  # "None" (always with Secure) for a front end on another site
     csrf_header_required: bool = False
     dify_api_url: str = "https://api.dify.ai/v1"
     dify_api_key: str | None = None  # set: /api/chat is served
@@ -200,6 +201,9 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None 
         )
     if backend is not None and secret is None:
         raise SettingsError("SESSION_SECRET (or NEXTAUTH_SECRET / AUTH_SECRET) is required when BACKEND_URL is set")
+    metrics_port = reader.get(("METRICS_PORT",), _int_in(0, 65535), None)
+    if metrics_port and metrics_port == reader.get(("PORT",), _int_in(0, 65535), 8000):
+        raise SettingsError("METRICS_PORT: must differ from PORT (metrics are never served on the public port)")
     if dify_key is not None and supabase is None:
         raise SettingsError("SUPABASE_URL is required when DIFY_API_KEY is set: chat users sign in with Supabase")
 
@@ -241,6 +245,7 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None 
             s for s in (reader.get((f"AUTH_SECRET_{n}",), _text, None) for n in (1, 2, 3)) if s is not None
         ),
         allowed_origins=reader.get(("ALLOWED_ORIGINS",), _origins, defaults.allowed_origins),
+        session_cookie_samesite=reader.get(("SESSION_COOKIE_SAMESITE",), _samesite, defaults.session_cookie_samesite),
         csrf_header_required=reader.get(("CSRF_HEADER_REQUIRED",), _boolean, defaults.csrf_header_required),
         dify_api_url=reader.get(("DIFY_API_URL",), _service_url, defaults.dify_api_url),
         dify_api_key=dify_key,
@@ -252,7 +257,7 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None 
         demo=demo,
         workers=reader.get(("WORKERS",), _workers, defaults.workers),
         metrics_host=reader.get(("METRICS_HOST",), _text, defaults.metrics_host),
-        metrics_port=reader.get(("METRICS_PORT",), _int_in(0, 65535), defaults.metrics_port),
+        metrics_port=metrics_port,
         shutdown_delay=reader.get(("SHUTDOWN_DELAY",), _non_negative_float, defaults.shutdown_delay),
         drain_timeout=reader.get(("DRAIN_TIMEOUT",), _non_negative_float, defaults.drain_timeout),
         redis_url=reader.get(("REDIS_URL",), _redis_url, defaults.redis_url, secret=True),
@@ -308,6 +313,13 @@ class _Reader:
             return value
 
         return self.get(names, parse, default)
+
+
+def _samesite(raw: str) -> str:
+    value = raw.capitalize()
+    if value not in ("Lax", "Strict", "None"):
+        raise ValueError("must be Lax, Strict or None")
+    return value
 
 
 def _text(raw: str) -> str:

@@ -1,19 +1,32 @@
-"""The cross-site request rule for cookie-authenticated unsafe requests.
+"""The cross-site request rule for cookie-authenticated requests.
 
 A browser attaches cookies to cross-site requests, so a request authenticated by a cookie must
-also prove it came from the app's own pages. Browsers say where a request comes from in
-standard headers, checked in this order:
+also prove it came from the app's own pages (or from one of ``ALLOWED_ORIGINS``). Browsers say
+where a request comes from in standard headers.
+
+**Unsafe requests** (POST, PUT, PATCH, DELETE), checked in this order:
 
 * ``Sec-Fetch-Site``: anything but ``same-origin`` or ``none`` (typed URL, bookmark) is refused,
   unless ``Origin`` is one of ``ALLOWED_ORIGINS``;
 * else ``Origin`` (``null`` included, as sandboxed frames and some redirects send it), else
   ``Referer``: its origin must be the request's own or one of ``ALLOWED_ORIGINS``.
 
+**Safe requests** (GET, HEAD), Fetch Metadata's resource isolation policy: a request another
+origin's page makes from a script or as a subresource (``Sec-Fetch-Site`` ``same-site`` or
+``cross-site`` with any ``Sec-Fetch-Mode`` but ``navigate``: a ``fetch``, an ``EventSource``, an
+``<img>`` or ``<script>``) is refused unless its ``Origin`` is listed. CORS would only hide the
+answer; this keeps the request, and the user's session, from reaching the backend at all (a
+stream of tokens costs money, and not every backend keeps its GETs free of side effects). A link
+followed or a URL typed (``navigate``, ``none``) passes: the page that linked cannot read the
+answer. Without Fetch Metadata, a read that names a foreign ``Origin`` (browsers send one on
+cross-origin ``fetch`` and ``EventSource``) is refused the same way.
+
 A request with none of these headers is not from a browser (curl, a server) and passes: the
-threat is a victim's browser, which always sends at least one of them on unsafe requests.
-With ``CSRF_HEADER_REQUIRED`` a custom ``X-CSRF: 1`` header is required as well (Duende BFF's
-rule): a cross-site page cannot set it without a CORS preflight, which gatehouse never grants.
-Requests authenticated by an ``Authorization`` header are not ambient and are not checked.
+threat is a victim's browser, which always sends at least one of them on the requests above.
+With ``CSRF_HEADER_REQUIRED`` a custom ``X-CSRF: 1`` header is required as well on unsafe
+requests (Duende BFF's rule): a cross-site page cannot set it without a CORS preflight, which
+gatehouse grants only to ``ALLOWED_ORIGINS`` (``handlers/cors.py``). Requests authenticated by an
+``Authorization`` header are not ambient and are not checked.
 """
 
 from __future__ import annotations
@@ -42,7 +55,7 @@ class CsrfPolicy:
     def violation(self, method: str, headers: HTTPHeaders, host: str) -> str | None:
         """Why a cookie-authenticated request must be refused, or None when it may pass."""
         if method in SAFE_METHODS:
-            return None
+            return self._cross_origin_read(headers, host)
         if self.header_required and headers.get("X-CSRF") != "1":
             return "This request needs the header X-CSRF: 1."
         fetch_site = headers.get("Sec-Fetch-Site")
@@ -62,3 +75,22 @@ class CsrfPolicy:
         if origin is not None and (origin in self.allowed_origins or origin == self.own_origin(host)):
             return None
         return "Requests from other sites may not use the session."
+
+    def _cross_origin_read(self, headers: HTTPHeaders, host: str) -> str | None:
+        fetch_site = headers.get("Sec-Fetch-Site")
+        if fetch_site is not None:
+            if fetch_site.strip().lower() in _TRUSTED_FETCH_SITES:
+                return None
+            if headers.get("Sec-Fetch-Mode", "").strip().lower() == "navigate":
+                return None  # a link followed: the page that made it cannot read the answer
+            origin = origin_of(headers.get("Origin", ""))
+            if origin is not None and origin in self.allowed_origins:
+                return None
+            return "Another site's page may not read with the session."
+        claimed = headers.get("Origin")
+        if claimed is None:
+            return None  # a navigation or a same-origin read (browsers omit Origin there), or not a browser
+        origin = origin_of(claimed)
+        if origin is not None and (origin in self.allowed_origins or origin == self.own_origin(host)):
+            return None
+        return "Another site's page may not read with the session."

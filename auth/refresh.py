@@ -13,6 +13,21 @@ the old one stays valid) and the expiry as ``expires_in`` (s), ``expires_at`` (s
 ``accessTokenExpires`` (ms) or only the new token's own ``exp``. 400 and 401 mean the session
 is over (`RefreshRejected`); anything else that is not a 200 means the backend could not
 answer now (`RefreshUnavailable`), and the session is kept.
+
+Across processes and instances (``REDIS_URL``), a `SharedFlight` stands behind the in-process
+single flight: the process's one refresh per token first claims it in Redis
+(`shared.flight`). It finds the result another process left (it is served by that refresh),
+or takes the token's lock, refreshes while the lock is renewed, and leaves the result, sealed,
+for ``grace`` seconds (at least `MIN_SHARED_GRACE`, so waiters polling for it see it), or
+finds the lock held and polls (every `POLL_INTERVAL` s) until the result is there or the lock
+is free, for at most ``timeout`` seconds (``UPSTREAM_RESPONSE_TIMEOUT``; then
+`RefreshUnavailable`). A rejection is shared too (the token is spent either way, and a waiter
+that tried it again would only be refused, one more call later), but only by a holder that
+still holds the lock and finds no result there (`shared.flight.Lease.fail`): a holder whose
+lease lapsed may have been overtaken by one that succeeded with the same token, and a rejection
+left over that success would sign out everyone carrying the old cookie. A success replaces a
+rejection. A failure that is not a rejection leaves no result: the next claimant tries again.
+While Redis does not answer, the process refreshes on its own, as without Redis.
 """
 
 from __future__ import annotations
@@ -22,14 +37,17 @@ import dataclasses
 import hashlib
 import json
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
 
 from auth.jose import InvalidToken, b64url_decode, is_number, json_segment
+from shared.flight import Found, Lease, SharedFlight
+from shared.redis import UNAVAILABLE
 from upstream.client import UpstreamClient
 
 __all__ = [
     "RefreshRejected",
+    "RefreshResult",
     "RefreshUnavailable",
     "Refresher",
     "Tokens",
@@ -117,17 +135,61 @@ def parse_tokens(data: object, old_refresh_token: str | None = None) -> Tokens:
     return Tokens(access_token=access, refresh_token=str(refresh), expires_at=expires_at)
 
 
-class Refresher:
-    """Single-flight token refresh against one backend endpoint."""
+RefreshResult = Literal["ok", "rejected", "unavailable", "shared"]
+POLL_INTERVAL = 0.05  # seconds between looks at another process's refresh
+MIN_SHARED_GRACE = 1.0  # seconds a shared result is kept at least, whatever REFRESH_GRACE says
+_REJECTED = b'{"rejected":true}'
 
-    def __init__(self, client: UpstreamClient, url: str, timeout: float, grace: float) -> None:
+
+def _ignore(result: RefreshResult) -> None:
+    pass
+
+
+def _dump(tokens: Tokens) -> bytes:
+    return json.dumps(dataclasses.asdict(tokens), separators=(",", ":")).encode()
+
+
+def _load(value: bytes) -> Tokens:
+    """What `_dump` or `_REJECTED` stored; `RefreshRejected` for the latter."""
+    try:
+        data = json.loads(value)
+        if data.get("rejected") is True:
+            raise RefreshRejected("another process's refresh with this token was rejected")
+        expires_at = data["expires_at"]
+        return Tokens(
+            str(data["access_token"]), str(data["refresh_token"]), None if expires_at is None else float(expires_at)
+        )
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise RefreshUnavailable("a shared refresh result is not readable") from None
+
+
+class Refresher:
+    """Single-flight token refresh against one backend endpoint: per process, and across
+    processes with ``shared`` (see the module docstring).
+
+    ``on_result`` is called once per `refresh` with how that request was served: ``ok`` (its
+    own call to the backend), ``shared`` (another request's refresh, in this process or
+    another, in flight or within the grace period), ``rejected`` or ``unavailable`` (the
+    exception it gets). It does nothing until the metrics connect it.
+    """
+
+    def __init__(
+        self,
+        client: UpstreamClient,
+        url: str,
+        timeout: float,
+        grace: float,
+        shared: SharedFlight | None = None,
+    ) -> None:
         self._client = client
         self._url = url
         self._timeout = timeout
         self._grace = grace
-        self._inflight: dict[bytes, asyncio.Task[Tokens]] = {}
+        self._shared = shared
+        self._inflight: dict[bytes, asyncio.Task[tuple[Tokens, bool]]] = {}
         self._recent: dict[bytes, Tokens] = {}
-        self.calls = 0  # refresh requests sent to the backend, for tests and metrics
+        self.calls = 0  # refresh requests this process sent to the backend, for tests and metrics
+        self.on_result: Callable[[RefreshResult], None] = _ignore
 
     async def refresh(self, refresh_token: str) -> Tokens:
         """New tokens for ``refresh_token``: from a refresh in flight, one finished within the
@@ -135,20 +197,64 @@ class Refresher:
         key = hashlib.sha256(refresh_token.encode()).digest()  # no raw tokens kept as keys
         recent = self._recent.get(key)
         if recent is not None:
+            self.on_result("shared")
             return recent
         task = self._inflight.get(key)
+        started = task is None
         if task is None:
-            task = asyncio.ensure_future(self._call(refresh_token))
+            task = asyncio.ensure_future(self._obtain(refresh_token))
             self._inflight[key] = task
             task.add_done_callback(lambda done: self._settle(key, done))
-        # Shielded: a request that goes away must not cancel the refresh the others await.
-        return await asyncio.shield(task)
+        try:
+            # Shielded: a request that goes away must not cancel the refresh the others await.
+            tokens, from_elsewhere = await asyncio.shield(task)
+        except RefreshRejected:
+            self.on_result("rejected")
+            raise
+        except RefreshUnavailable:
+            self.on_result("unavailable")
+            raise
+        self.on_result("ok" if started and not from_elsewhere else "shared")
+        return tokens
 
-    def _settle(self, key: bytes, task: asyncio.Task[Tokens]) -> None:
+    def _settle(self, key: bytes, task: asyncio.Task[tuple[Tokens, bool]]) -> None:
         del self._inflight[key]
         if not task.cancelled() and task.exception() is None:
-            self._recent[key] = task.result()
+            self._recent[key] = task.result()[0]
             asyncio.get_running_loop().call_later(self._grace, self._recent.pop, key, None)
+
+    async def _obtain(self, refresh_token: str) -> tuple[Tokens, bool]:
+        """This process's one refresh of ``refresh_token``: new tokens, and whether another
+        process's refresh gave them."""
+        shared = self._shared
+        if shared is None:
+            return await self._call(refresh_token), False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
+        while True:
+            claim = await shared.claim(refresh_token)
+            if claim is UNAVAILABLE:
+                return await self._call(refresh_token), False
+            if isinstance(claim, Found):
+                return _load(claim.value), True
+            if isinstance(claim, Lease):
+                return await self._call_holding(claim, refresh_token), False
+            left = deadline - loop.time()
+            if left <= 0:
+                raise RefreshUnavailable("another process's refresh did not end in time")
+            await asyncio.sleep(min(POLL_INTERVAL, left))
+
+    async def _call_holding(self, lease: Lease, refresh_token: str) -> Tokens:
+        """`_call` under ``lease`` (renewed meanwhile), its result or rejection left for the others."""
+        grace = max(self._grace, MIN_SHARED_GRACE)
+        async with lease:
+            try:
+                tokens = await self._call(refresh_token)
+            except RefreshRejected:
+                await lease.fail(_REJECTED, grace)
+                raise
+            await lease.finish(_dump(tokens), grace)
+            return tokens
 
     async def _call(self, refresh_token: str) -> Tokens:
         self.calls += 1

@@ -18,6 +18,9 @@ Either way ``exp``, ``aud`` ("authenticated") and ``iss`` (``SUPABASE_URL/auth/v
 here: supabase-py checks neither. Every failure of the token is `Unauthenticated` (a 401);
 Supabase being unreachable, or refusing our own configuration, is `AuthUnavailable` (a 503),
 never taken for a bad token.
+
+Calls to Supabase can be observed (for the metrics): a JWKS fetch through the client given (an
+``observed`` one), a ``get_user`` call through ``observer`` (timed whole: its answer is small).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from tornado.httputil import HTTPHeaders
 from auth.jose import is_number
 from auth.session import Unauthenticated, request_cookies
 from settings import SupabaseSettings
-from upstream.client import UpstreamClient
+from upstream.client import CallObserver, UpstreamClient, UpstreamFailure
 
 if TYPE_CHECKING:
     import httpx
@@ -81,12 +84,14 @@ class SupabaseUser:
 class SupabaseAuth:
     """Authenticates requests with Supabase sessions; one per process."""
 
-    def __init__(self, settings: SupabaseSettings, client: UpstreamClient, timeout: float) -> None:
+    def __init__(
+        self, settings: SupabaseSettings, client: UpstreamClient, timeout: float, observer: CallObserver | None = None
+    ) -> None:
         self._settings = settings
         self._cookie_name = settings.cookie_name
         self._verifier: LocalVerifier | RemoteVerifier
         if settings.auth_mode == "remote":
-            self._verifier = RemoteVerifier(settings, timeout)
+            self._verifier = RemoteVerifier(settings, timeout, observer)
         else:
             jwks = JwksCache(client, settings.jwks_url, min(timeout, JWKS_TIMEOUT))
             self._verifier = LocalVerifier(settings, jwks)
@@ -337,8 +342,9 @@ class RemoteVerifier:
     the token for ``user_cache_seconds`` and never past its ``exp``.
     """
 
-    def __init__(self, settings: SupabaseSettings, timeout: float) -> None:
+    def __init__(self, settings: SupabaseSettings, timeout: float, observer: CallObserver | None = None) -> None:
         assert settings.anon_key is not None
+        self._observer = observer
         self._url = settings.url
         self._issuer = settings.issuer
         self._anon_key = settings.anon_key
@@ -372,9 +378,11 @@ class RemoteVerifier:
         from supabase_auth.errors import AuthApiError
 
         client = await self._supabase()
+        started = time.monotonic()
         try:
             answer = await client.auth.get_user(token)
         except AuthApiError as exc:
+            self._observe(started, exc)
             if exc.status == 401 and exc.code is None:
                 # Supabase's API gateway, not GoTrue: it refused SUPABASE_ANON_KEY, not the user.
                 log.error("supabase refused the gateway's SUPABASE_ANON_KEY")
@@ -383,7 +391,9 @@ class RemoteVerifier:
                 raise Unauthenticated(_INVALID) from None
             raise AuthUnavailable(f"Supabase answered {exc.status}") from None
         except Exception as exc:  # unreachable, timed out, or an answer supabase-py cannot read
+            self._observe(started, exc)
             raise AuthUnavailable(f"Supabase could not be asked: {type(exc).__name__}") from None
+        self._observe(started, None)
         if answer is None or answer.user.id != claims["sub"]:
             raise Unauthenticated(_INVALID)
         if self._cache_seconds > 0:
@@ -391,6 +401,17 @@ class RemoteVerifier:
             self._valid.move_to_end(digest)
             while len(self._valid) > USER_CACHE_ENTRIES:
                 self._valid.popitem(last=False)
+
+    def _observe(self, started: float, error: Exception | None) -> None:
+        """Report a ``get_user`` call to the observer: an answer (its status, from supabase-py's
+        error when it raised one for it) or a failure."""
+        if self._observer is None:
+            return
+        status = 200 if error is None else getattr(error, "status", 0)
+        if isinstance(status, int) and status > 0:
+            self._observer.answered(time.monotonic() - started, status)
+        else:
+            self._observer.failed(_failure_of(error))
 
     async def _supabase(self) -> AsyncClient:
         async with self._creating:  # one shared client, however many requests arrive first
@@ -410,3 +431,17 @@ class RemoteVerifier:
     async def close(self) -> None:
         if self._http is not None:
             await self._http.aclose()
+
+
+def _failure_of(error: BaseException | None) -> UpstreamFailure:
+    """How a ``get_user`` call that got no answer failed, from the httpx error supabase-py wraps."""
+    import httpx
+
+    cause = error.__cause__ if error is not None and error.__cause__ is not None else error
+    if isinstance(cause, httpx.TimeoutException):
+        return "timeout"
+    if isinstance(cause, httpx.ConnectError):
+        return "connect"
+    if isinstance(cause, httpx.NetworkError):
+        return "reset"
+    return "protocol"

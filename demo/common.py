@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Generic, TypeVar
 
@@ -34,6 +34,14 @@ class History(Generic[T]):
         self.retained_bytes += size
         while len(self._entries) > 1 and (len(self._entries) > self.limit or self.retained_bytes > self.budget):
             self.retained_bytes -= self._entries.popleft()[1]
+
+    def remove(self, matches: Callable[[T], bool]) -> bool:
+        """Drop the entries ``matches`` accepts; whether there were any."""
+        kept = deque(pair for pair in self._entries if not matches(pair[0]))
+        removed = len(kept) != len(self._entries)
+        self._entries = kept
+        self.retained_bytes = sum(size for _, size in kept)
+        return removed
 
     def __iter__(self) -> Iterator[T]:
         return (entry for entry, _ in self._entries)

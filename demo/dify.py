@@ -14,6 +14,9 @@ user must be provided."); a resource of another user is 404 ``not_found``.
   events (one word of the canned answer each, flushed one by one, `DifyFake.word_delay` apart), a bare
   ``event: ping\\n\\n`` every `DifyFake.ping_every` words, then ``message_end`` (``metadata.usage``,
   ``metadata.retriever_resources``). A stop for the task ends the stream early with ``message_end``.
+  A query that mentions "long" gets a longer answer (`LONG_ANSWER_REPEATS` paragraphs). Two queries
+  show a front end Dify's failures: `RATE_LIMIT_QUERY` is answered 429 ``too_many_requests`` (Dify's
+  app concurrency cap), `STREAM_ERROR_QUERY` a few words and then an ``error`` event.
   "blocking" (Dify's default) answers the JSON message. Empty ``conversation_id`` starts a conversation;
   an unknown one (or another user's) is 404 "Conversation Not Exists."; a missing/empty ``query`` is 400.
 * ``POST /v1/chat-messages/{task_id}/stop`` ``{user}``: always 200 ``{"result": "success"}``; recorded in
@@ -29,7 +32,9 @@ user must be provided."); a resource of another user is 404 ``not_found``.
 
 `DifyFake` holds the state tests inspect: `requests` (every request, `Recorded`; the newest within
 `HISTORY_BYTES`), `conversations`, `messages`, `files`, `stops` (`Stop`: task id, user,
-``time.monotonic()`` of arrival), live `tasks`, and `disconnects` (times a client went away mid-stream).
+``time.monotonic()`` of arrival), live `tasks`, `streams` (every streamed task, live or ended, with
+the time each ``message`` event was flushed and the time the stream ended), and `disconnects`
+(times a client went away mid-stream).
 `make_dify_app` returns the `Application` with its `DifyFake` in ``app.settings["dify"]``. Waits wake
 early on `DifyFake.shutdown`.
 
@@ -79,6 +84,9 @@ PING = b"event: ping\n\n"
 HISTORY = 1000  # requests, conversations, messages, files and stops kept, the newest first
 HISTORY_BYTES = 4 * 1024 * 1024  # and the requests within this many bytes
 MAX_JSON_DEPTH = 64
+RATE_LIMIT_QUERY = "/rate-limit"
+STREAM_ERROR_QUERY = "/stream-error"
+LONG_ANSWER_REPEATS = 4
 _REASONS = {
     400: "bad_request",
     401: "unauthorized",
@@ -276,6 +284,8 @@ class Task:
     task_id: str
     user: str
     stopped: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    sent: list[float] = dataclasses.field(default_factory=list)  # time.monotonic() of each flushed event
+    ended: float | None = None  # when the stream ended: finished, stopped, or the client gone
 
 
 class DifyError(HTTPError):
@@ -313,6 +323,7 @@ class DifyFake:
         self.files: dict[str, UploadedFile] = {}
         self.stops: deque[Stop] = deque(maxlen=HISTORY)
         self.tasks: dict[str, Task] = {}
+        self.streams: dict[str, Task] = {}
         self.disconnects: deque[float] = deque(maxlen=HISTORY)
         self._seq = 0
         self._closing = asyncio.Event()
@@ -345,10 +356,17 @@ class DifyFake:
 
     def answer_for(self, query: str, files: int = 0) -> str:
         attached = f" with {files} file{'s' if files != 1 else ''} attached" if files else ""
-        return (
+        answer = (
             f"You said: {query}{attached}. This is gatehouse's demo Dify, streaming its answer word by word "
             "through the gateway; no model is involved and your API key never reaches the browser."
         )
+        if "long" in query.lower():
+            more = (
+                " Every word is a Server-Sent Event that gatehouse relays as it arrives, so the page shows"
+                " it at once; press Stop and gatehouse tells Dify to stop this task."
+            )
+            answer += more * LONG_ANSWER_REPEATS
+        return answer
 
     def conversation(self, user: str, conversation_id: str) -> Conversation:
         conv = self.conversations.get(conversation_id)
@@ -516,6 +534,13 @@ class ChatMessages(DifyHandler):
         inputs = body.get("inputs") or {}
         if not isinstance(inputs, dict):
             raise DifyError(400, "invalid_param", "inputs must be an object")
+        if query.strip() == RATE_LIMIT_QUERY:
+            raise DifyError(
+                429,
+                "too_many_requests",
+                "Too many requests. Please try again later. "
+                "The current maximum concurrent requests allowed for this app is 1.",
+            )
         mode = body.get("response_mode") or "blocking"
         if mode not in ("streaming", "blocking"):
             raise DifyError(400, "invalid_param", "response_mode must be 'streaming' or 'blocking'")
@@ -561,9 +586,11 @@ class ChatMessages(DifyHandler):
             )
             return
         dify.tasks[task.task_id] = task
+        remember(dify.streams, task.task_id, task)
         try:
-            await self.stream(message, task, answer)
+            await self.stream(message, task, answer, failing=query.strip() == STREAM_ERROR_QUERY)
         finally:
+            task.ended = time.monotonic()
             dify.tasks.pop(task.task_id, None)
 
     def metadata(self, message: Message, latency: float) -> Json:
@@ -582,21 +609,31 @@ class ChatMessages(DifyHandler):
             "id": message.id,
         }
 
-    async def stream(self, message: Message, task: Task, answer: str) -> None:
+    async def stream(self, message: Message, task: Task, answer: str, *, failing: bool = False) -> None:
+        """``answer`` word by word; ``failing``: three words, then Dify's in-stream ``error`` event."""
         dify, started = self.dify, time.monotonic()
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+        words = re.findall(r"\S+\s*", answer)
         try:
-            for n, word in enumerate(re.findall(r"\S+\s*", answer)):
+            for n, word in enumerate(words[:3] if failing else words):
                 if n and dify.ping_every and n % dify.ping_every == 0:
                     self.write(PING)
                 event = {"event": "message", **self.common(message, task), "answer": word}
                 self.write(sse_data({**event, "from_variable_selector": None}))
                 await self.flush()
+                task.sent.append(time.monotonic())
                 message.answer += word
                 if await dify.pause(dify.word_delay, task.stopped, self.gone):
                     break
             if self.gone.is_set():
                 raise StreamClosedError()
+            if failing:
+                error = {key: value for key, value in self.common(message, task).items() if key != "task_id"}
+                reason = "[demo] The model provider failed mid-answer (a demo of Dify's in-stream error)."
+                error.update({"event": "error", "code": "completion_request_error", "status": 400, "message": reason})
+                self.write(sse_data(error))
+                await self.flush()
+                return
             end = {"event": "message_end", **self.common(message, task)}
             self.write(sse_data({**end, "metadata": self.metadata(message, time.monotonic() - started), "files": []}))
             await self.flush()

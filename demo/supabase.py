@@ -39,6 +39,11 @@ Access tokens carry Supabase's exact claims (`SupabaseAuthFake.mint`). `ssr_cook
 by ``createChunks`` over the ``encodeURIComponent`` form, 3180 chars, never splitting an escape or a UTF-8
 sequence).
 
+Like Supabase's API gateway, every answer allows any origin (``Access-Control-Allow-Origin: *``, no
+credentials: supabase-js sends the anon key and the session as headers, never cookies), and a CORS
+preflight (``OPTIONS``) is answered 204 without an ``apikey``, so a page (demo mode's, or the Next.js
+example's) signs in from the browser as supabase-js does.
+
 Whoever serves `make_supabase_app` sets `SupabaseAuthFake.base_url` (the issuer defaults to
 ``<base_url>/auth/v1``); if nobody did, the first request's host is used.
 """
@@ -97,6 +102,8 @@ _VERIFY_FAILURE = {
     "HS256": "signature is invalid",
 }
 _BEARER = re.compile(r"^(?:B|b)earer (\S+$)")  # GoTrue's bearerRegexp
+# What Supabase's gateway allows a browser to send (supabase-js's headers).
+CORS_ALLOW_HEADERS = "authorization, apikey, content-type, x-client-info, x-supabase-api-version"
 
 
 def _timestamp(epoch: float) -> str:
@@ -606,7 +613,21 @@ class _Handler(PathOnlyLogging):
     def initialize(self, fake: SupabaseAuthFake) -> None:
         self.fake = fake
 
+    def set_default_headers(self) -> None:
+        self.set_header("Access-Control-Allow-Origin", "*")
+        self.set_header("Access-Control-Expose-Headers", API_VERSION_HEADER)
+
+    def answer_preflight(self) -> None:
+        self.set_header("Access-Control-Allow-Methods", "GET, POST, PUT, DELETE, OPTIONS")
+        self.set_header("Access-Control-Allow-Headers", CORS_ALLOW_HEADERS)
+        self.set_header("Access-Control-Max-Age", "600")
+        self.set_status(204)
+        self.finish()
+
     async def prepare(self) -> None:
+        if self.request.method == "OPTIONS":
+            self.answer_preflight()
+            return
         fake = self.fake
         fake.requests.append(
             AuthRequest(
@@ -722,6 +743,9 @@ class _NotFound(_Handler):
     needs_apikey = False
 
     async def prepare(self) -> None:
+        if self.request.method == "OPTIONS":
+            self.answer_preflight()
+            return
         self.send_json({"code": 404, "error_code": "not_found", "msg": "Not Found"}, 404)
 
 

@@ -20,7 +20,13 @@ Contract, as Tornado's server keeps it:
 * ``Expect: 100-continue`` is answered ``100 Continue`` once the handler has prepared, unless it
   has answered already;
 * a request head must arrive within ``head_timeout`` of its first byte (no slowloris), and an
-  idle keep-alive connection is closed after ``idle_timeout``; a half-closed client is closed.
+  idle keep-alive connection is closed after ``idle_timeout``; a half-closed client is closed;
+* `drain`: the request in hand is answered (``Connection: close``), then the connection closes;
+  an idle kept-alive one closes at once. One that has carried no request yet (just accepted,
+  maybe not even connected: its server began draining between the ``accept`` and
+  ``connection_made``) gets `LATE_GRACE` for a request already on its way to begin arriving:
+  that request is served, with ``Connection: close``; without one, it closes. (A client retries
+  a request on a kept-alive connection that closed under it, not the first request of a new one.)
 
 A refused request (`BadRequest`) is answered ``{"error", "message"}`` with 400 or 431 and the
 connection closed, before any handler sees it.
@@ -60,6 +66,9 @@ _CODES = {400: "bad_request", 413: "payload_too_large", 431: "request_header_fie
 MAX_PIPELINED = 16  # requests parsed and held, the one in hand included
 LINGER_SECONDS = 2.0  # after an early answer, how long the rest of its request is read and dropped
 LINGER_BYTES = 16 * 1024 * 1024  # ... and how much of it
+# A new connection drained before its first request: that request has likely been sent already
+# (it is in the socket, read within a turn or two of the loop); one with nothing by then is idle.
+LATE_GRACE = 0.25
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,10 +96,14 @@ class ServerConnection(asyncio.Protocol):
         app: HTTPServerConnectionDelegate,
         params: ConnectionParams,
         on_close: Callable[[ServerConnection], None],
+        on_open: Callable[[ServerConnection], None] | None = None,
     ) -> None:
+        """``on_close`` is told once the connection is closed; ``on_open``, when given, once it
+        is connected (a protocol asyncio never connects is never told either)."""
         self._app = app
         self.params = params
         self._on_close = on_close
+        self._on_open = on_open
         self._transport: asyncio.Transport | None = None
         self._parser = RequestParser()
         self._pending: collections.deque[Event] = collections.deque()
@@ -103,6 +116,7 @@ class ServerConnection(asyncio.Protocol):
         self._ready.set_result(None)
         self._timer: asyncio.TimerHandle | None = None
         self._head_started = False  # bytes of a request head arrived; its timer runs
+        self._carried = False  # a request has begun on this connection
         self.exchange: Exchange | None = None
         self.draining = False  # finish the request in hand, then close
         self._lingering: int | None = None  # bytes still dropped before closing (see _linger)
@@ -116,7 +130,10 @@ class ServerConnection(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # answers are whole writes
-        self._arm(self.params.idle_timeout)
+        # Draining already: closed as idle unless a request begins to arrive (see LATE_GRACE).
+        self._arm(LATE_GRACE if self.draining else self.params.idle_timeout)
+        if self._on_open is not None:
+            self._on_open(self)
 
     def data_received(self, data: bytes) -> None:
         if self._lingering is not None:
@@ -125,7 +142,7 @@ class ServerConnection(asyncio.Protocol):
                 self.abort()
             return
         if self.exchange is None and not self._head_started:
-            self._head_started = True
+            self._head_started = self._carried = True
             self._arm(self.params.head_timeout)
         self._pending.extend(self._parser.feed(data))
         self._bound_pipeline()
@@ -180,10 +197,15 @@ class ServerConnection(asyncio.Protocol):
             self._transport.abort()
 
     def drain(self) -> None:
-        """Finish the request in hand (if any), then close."""
+        """Finish the request in hand (if any), then close. An idle connection closes now, or,
+        when it has carried no request yet, once `LATE_GRACE` passes with none begun."""
         self.draining = True
-        if self.idle:
+        if not self.idle:
+            return
+        if self._carried:
             self.close()
+        elif self._transport is not None:  # (not connected yet: connection_made arms the grace)
+            self._arm(LATE_GRACE)
 
     # -- events, in order ----------------------------------------------------------------
 

@@ -1,8 +1,11 @@
 """One JSON access line per request, and nothing secret in it.
 
 The line carries ``request_id``, ``method``, ``route``, ``path`` (never the query string),
-``status``, ``duration_ms``, ``upstream_ms``, ``bytes_out``, ``user`` (the session's ``sub``) and
-``outcome``. No header, cookie, token or body is ever read here.
+``status``, ``duration_ms``, ``upstream_ms``, ``bytes_out``, ``user`` (the session's ``sub``),
+``outcome``, ``worker`` (the index of the worker process that served it, 0 when it is the
+only one; every other line a worker logs names it too) and ``trace_id`` (the trace id of a
+valid W3C ``traceparent``, else null). No cookie, token or body is ever read here, and no
+header but ``traceparent``.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from typing import Any
 from pythonjsonlogger.json import JsonFormatter
 from tornado.web import RequestHandler
 
-__all__ = ["ACCESS_FIELDS", "JsonLineFormatter", "log_request"]
+from upstream.headers import trace_id
+
+__all__ = ["ACCESS_FIELDS", "JsonLineFormatter", "log_request", "set_worker"]
 
 access_log = logging.getLogger("gatehouse.access")
 ACCESS_FIELDS = (
@@ -29,7 +34,16 @@ ACCESS_FIELDS = (
     "bytes_out",
     "user",
     "outcome",
+    "worker",
+    "trace_id",
 )
+_worker: int | None = None  # this process's worker index (set_worker); None: not a serving process
+
+
+def set_worker(index: int) -> None:
+    """Name the worker this process is (0 when it is the only one), in every line it logs."""
+    global _worker
+    _worker = index
 
 
 class JsonLineFormatter(JsonFormatter):
@@ -48,6 +62,8 @@ class JsonLineFormatter(JsonFormatter):
 
     def format(self, record: logging.LogRecord) -> str:
         if record.name != access_log.name or record.exc_info:
+            if _worker is not None and "worker" not in record.__dict__:
+                record.worker = _worker  # which of the processes said it
             return super().format(record)
         second = int(record.created)
         if second != self._second:  # the date part changes once a second, not once a request
@@ -82,5 +98,7 @@ def log_request(handler: RequestHandler) -> None:
             "bytes_out": getattr(handler, "bytes_out", 0),
             "user": getattr(handler, "user", None),
             "outcome": getattr(handler, "outcome", "ok"),
+            "worker": _worker,
+            "trace_id": trace_id(request.headers),
         },
     )

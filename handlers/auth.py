@@ -7,6 +7,9 @@ the tokens; the browser only ever sees ``{"user": ...}``. Logout clears every se
 (and tells ``AUTH_LOGOUT_PATH`` when configured). Session answers who is signed in and until
 when, never a token. Login and logout are unsafe requests: they pass the CSRF rule whether or
 not a cookie is present (a forged login would sign the victim into the attacker's account).
+Login also takes ``Content-Type: application/json`` only (415 otherwise): a cross-site HTML form
+can send ``text/plain`` whose body happens to be JSON, but never ``application/json`` (that needs
+a CORS preflight), so this refuses forged logins a second way.
 """
 
 from __future__ import annotations
@@ -60,6 +63,9 @@ class LoginHandler(_AuthHandler):
 
     async def post(self) -> None:
         self.check_csrf()
+        media_type = self.request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+        if media_type != "application/json":
+            raise ApiError(415, "unsupported_media_type", "Send the credentials as application/json.")
         settings = self.ctx.settings
         credentials = self.body() or b""
         if not isinstance(parse_json(credentials), dict):

@@ -11,6 +11,13 @@ Every route reads its body itself (``stream_request_body``), so each has its own
 the limit is 413 before a byte of it is read when ``Content-Length`` says so, or as soon as a
 chunked body passes it; a buffered body that stops arriving for ``STREAM_IDLE_TIMEOUT`` is 408.
 Without this, Tornado would buffer up to the server-wide limit for any route before answering.
+
+With metrics on (``ops/metrics.py``), every request is metered by its route's `RouteMeter`: in
+flight from `initialize`, and counted once, with its status and duration, when it finishes or
+its connection closes: status 499 when the client left before any answer began, 503 when the
+gateway cut it before any answer began (the drain's last step, ``ops/drain.py`` step 6, which
+closes every connection left: the status the deadline answers a relay not begun with; its
+outcome, for the access line, is then ``shutting_down``, never ``client_closed``).
 """
 
 from __future__ import annotations
@@ -22,17 +29,22 @@ import os
 import re
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from tornado.web import HTTPError, stream_request_body
 
 from auth.session import Unauthenticated
 from auth.supabase import AuthUnavailable, SupabaseUser
 from handlers.context import BackendFeature, ChatFeature, Context
+from handlers.cors import CorsPolicy
 from handlers.errors import ApiError, stalled, too_large
 from handlers.request_body import BufferedBody
 from handlers.session_writeback import SessionWriteBack
+from ops.lifecycle import Lifecycle
 from upstream.errors import GatewayError
+
+if TYPE_CHECKING:  # only with metrics on is it imported (server.serve): it imports prometheus_client
+    from ops.metrics import RouteMeter
 
 __all__ = ["NO_BODY_LIMIT", "BaseHandler", "NotFoundHandler"]
 
@@ -42,6 +54,8 @@ _DIGITS = re.compile(r"[0-9]{1,19}")  # str.isdigit() also accepts "²"
 _UNLIMITED = 2**62  # Tornado's own body limit is lifted; each route enforces `body_limit`
 NO_BODY_LIMIT = 64 * 1024  # what a route that takes no body still reads before refusing one
 _VERBS = ("get", "head", "post", "put", "patch", "delete", "options")
+CLIENT_CLOSED = 499  # the metrics' status of a request whose client left before any answer (nginx's)
+CUT_BY_DRAIN = 503  # ... of a request the drain's last step cut before any answer (as the deadline answers)
 
 _DEFAULT_ERRORS: dict[int, tuple[str, str]] = {
     400: ("bad_request", "The request is malformed."),
@@ -79,6 +93,8 @@ class BaseHandler(SessionWriteBack):
 
     _body: BufferedBody | None = None
     _body_read = False  # the whole request has been read: the verb method is only called then
+    meter: RouteMeter | None = None  # the route's metrics until the request is counted
+    gone = False  # the connection closed before the answer was done: the client left, or the drain cut it
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -91,6 +107,16 @@ class BaseHandler(SessionWriteBack):
 
     def initialize(self, ctx: Context) -> None:
         self.ctx = ctx
+        self.lifecycle.requests.add(self)  # in hand until finished or its connection is gone
+        if ctx.metrics is not None:
+            self.meter = ctx.metrics.route(self.route)
+            self.meter.started()
+
+    @property
+    def lifecycle(self) -> Lifecycle:
+        """The process's drain state (``ops/lifecycle.py``), from ``server.make_app``."""
+        lifecycle: Lifecycle = self.application.settings["lifecycle"]
+        return lifecycle
 
     # -- the request body --------------------------------------------------------------
 
@@ -155,10 +181,35 @@ class BaseHandler(SessionWriteBack):
 
     def on_finish(self) -> None:
         self.forget_body()
+        self.lifecycle.requests.discard(self)
+        self.count_request()
 
     def on_connection_close(self) -> None:
         super().on_connection_close()  # fails Tornado's body future, so the request ends
         self.forget_body()
+        self.lifecycle.requests.discard(self)
+        self.gone = True
+        if self.cut_by_drain:
+            self.outcome = "shutting_down"
+        self.count_request()
+
+    @property
+    def cut_by_drain(self) -> bool:
+        """The drain is closing every connection left (its last step): a connection that closes
+        now was closed by the gateway, not by its client."""
+        return self.lifecycle.cutting
+
+    def count_request(self) -> None:
+        """Count the request in the metrics, once: as it finishes, or as its connection closes."""
+        meter, self.meter = self.meter, None
+        if meter is not None:
+            if self._headers_written or self._finished:
+                status = self.get_status()
+            else:  # closed before any answer began: by the drain's last step, or by the client
+                status = CUT_BY_DRAIN if self.cut_by_drain else CLIENT_CLOSED
+            meter.finished(
+                self.request.method or "", status, self.request.request_time(), self.outcome == "rate_limited"
+            )
 
     def forget_body(self) -> None:
         if self._body is not None:
@@ -212,6 +263,18 @@ class BaseHandler(SessionWriteBack):
         self.clear_header("Server")
         self.set_header("X-Request-ID", self.request_id)
         self.set_header("X-Content-Type-Options", "nosniff")
+        # From the application, not `ctx`: Tornado sets the default headers before `initialize`.
+        cors: CorsPolicy | None = self.application.settings.get("cors")
+        if cors is not None and cors.enabled:
+            self.set_header("Vary", "Origin")  # the same URL answers each origin differently
+            origin = cors.listed_origin(self.request.headers)
+            if origin is not None:
+                for name, value in cors.answer_headers(origin):
+                    self.set_header(name, value)
+        if self.lifecycle.closing:
+            # The drain has closed the listener: the client must not reuse this connection
+            # (gatehouse's own server says so itself; Tornado's needs the header to say it).
+            self.set_header("Connection", "close")
 
     def compute_etag(self) -> str | None:
         return None  # bodies are relayed in pieces; an ETag over one piece would be wrong

@@ -57,6 +57,7 @@ class DifyHandler(RelayingHandler):
 
     json_only = True
     route = "chat"
+    upstream = "dify"
     dify_user: str = ""
 
     async def authenticate(self) -> None:
@@ -245,7 +246,7 @@ class ChatHandler(DifyHandler):
 
     async def target(self) -> Target:
         await self.authenticate()
-        wait = self.chat.limiter.take(self.dify_user)
+        wait = await self.chat.limiter.take(self.dify_user)
         if wait is not None:
             self.outcome = "rate_limited"
             retry_after = {"Retry-After": self.chat.limiter.retry_after(wait)}
@@ -331,3 +332,10 @@ class ChatHandler(DifyHandler):
                 "duration_ms": round(self.request.request_time() * 1000, 1),
             },
         )
+
+    def shut_down(self) -> None:
+        """The drain's deadline: the stream ends with a ``shutting_down`` error event, and Dify
+        is told to stop the task (once its id is known), as when the browser leaves."""
+        super().shut_down()  # first: the relay's ending is then shutting_down, not client_closed
+        if self._relay is not None:
+            self._stop(self._relay)

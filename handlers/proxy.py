@@ -23,6 +23,7 @@ PREFIX = "/api/proxy/"
 class ProxyHandler(RelayingHandler):
     SUPPORTED_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
     route = "proxy"
+    upstream = "backend"
 
     async def target(self) -> Target:
         try:

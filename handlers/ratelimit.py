@@ -1,8 +1,11 @@
 """A per-user token bucket: ``per_minute`` requests a minute, in bursts of up to ``per_minute``.
 
-Each user's bucket starts full and refills continuously. Buckets live in this process only
-(gatehouse is one process; behind several, each allows its own share) and a full bucket is
-forgotten, so memory follows the users active in the last minute.
+Each user's bucket starts full and refills continuously. With ``REDIS_URL``, the bucket lives
+in Redis (`shared.buckets.SharedBuckets`: one atomic script per check), so every process and
+instance spends from the same one. Without Redis, or while Redis does not answer, it lives in
+this process: each process then allows its own ``per_minute``, and after an outage a user's
+process bucket starts full. A full process bucket is forgotten, so memory follows the users
+active in the last minute.
 """
 
 from __future__ import annotations
@@ -10,19 +13,34 @@ from __future__ import annotations
 import math
 import time
 
+from shared.buckets import SharedBuckets
+from shared.redis import UNAVAILABLE
+
 __all__ = ["RateLimiter"]
 
 
 class RateLimiter:
-    def __init__(self, per_minute: int) -> None:
+    def __init__(self, per_minute: int, shared: SharedBuckets | None = None) -> None:
         self._capacity = float(per_minute)
         self._rate = per_minute / 60.0  # tokens per second
+        self._shared = shared
         self._buckets: dict[str, tuple[float, float]] = {}  # user -> (tokens, at)
         self._last_sweep = time.monotonic()
 
-    def take(self, user: str) -> float | None:
+    async def take(self, user: str) -> float | None:
         """Spend one token of ``user``'s; ``None`` when allowed, else the seconds until one is
-        available (for ``Retry-After``). A limit of 0 allows everything."""
+        available (for ``Retry-After``). A limit of 0 allows everything. Waits on Redis at most
+        ``REDIS_TIMEOUT``."""
+        if self._capacity <= 0:
+            return None
+        if self._shared is not None:
+            wait = await self._shared.take(user, self._capacity, self._rate)
+            if wait is not UNAVAILABLE:
+                return wait
+        return self.take_here(user)
+
+    def take_here(self, user: str) -> float | None:
+        """`take`, from this process's bucket only."""
         if self._capacity <= 0:
             return None
         now = time.monotonic()

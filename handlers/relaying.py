@@ -14,6 +14,17 @@ Bodies take one of three paths:
 Every body has a limit (`body_limit`): 413 ``payload_too_large``, before anything is
 forwarded when ``Content-Length`` says so, or as soon as a chunked body passes it. A buffered
 body that stops arriving for ``STREAM_IDLE_TIMEOUT`` is a 408 (``handlers/base.py``).
+
+Every relayed request carries the browser's W3C trace context (``traceparent``,
+``tracestate``), unchanged, whatever the target's own header policy. While it relays, the
+handler is `interruptible <ops.lifecycle.Lifecycle.interruptible>`: at the drain's deadline
+`shut_down` ends its answer (``upstream/relay.py``: an SSE stream with a ``shutting_down``
+error event, another answer cut off, one not begun a 503). A relay whose connection the drain's
+last step closes is ended the same way, not abandoned as for a browser that left.
+
+With metrics on, each relay is reported as the `upstream` it went to (the time to its headers,
+its failure), and an SSE answer is an active stream of the route from its head to its end, its
+first event timed from the request's arrival.
 """
 
 from __future__ import annotations
@@ -33,6 +44,7 @@ from handlers.base import BaseHandler
 from handlers.errors import ApiError, too_large
 from handlers.json_body import parse_json
 from upstream.body import BodyPipe
+from upstream.headers import trace_context
 from upstream.relay import BodyProducer, HeldResponse, Relay, RelayError, RelayObserver
 
 __all__ = ["RelayingHandler", "Target"]
@@ -65,6 +77,7 @@ class RelayingHandler(BaseHandler):
     """Subclasses implement `target` and may override the other hooks."""
 
     json_only: ClassVar[bool] = False  # every body is JSON, whatever its Content-Type says
+    upstream: ClassVar[str]  # which upstream requests go to, for the metrics: ``backend``, ``dify``
 
     _target: Target | None = None
     _relay: Relay | None = None
@@ -72,6 +85,7 @@ class RelayingHandler(BaseHandler):
     _streamed: asyncio.Task[None] | None = None
     _json = False
     _received = 0
+    _streaming = False  # an SSE answer is being relayed (counted in the active streams)
 
     # -- hooks -------------------------------------------------------------------------
 
@@ -161,16 +175,21 @@ class RelayingHandler(BaseHandler):
 
     async def _forward(self, body: bytes | None, producer: BodyProducer | None) -> None:
         """Relay the upstream's answer; failures before its headers are answered as JSON."""
-        if self.outcome == "client_closed":
+        if self.gone:
             return
         target, self._target = self._target, None  # not held for the life of a stream
         assert target is not None
-        self._relay = Relay(self, self.ctx.upstream, self.ctx.relay_limits, self.observer())
+        if "traceparent" not in target.headers:  # the backend's has it already, Dify's not
+            for name, value in trace_context(self.request.headers):
+                target.headers.add(name, value)
+        first_event = self._first_event if self.meter is not None else None
+        self._relay = Relay(self, self.ctx.upstream, self.ctx.relay_limits, self.observer(), first_event)
         try:
-            result = await self._relay.run(target.url, self.request.method or "GET", target.headers, body, producer)
+            with self.lifecycle.interruptible(self):
+                result = await self._relay.run(target.url, self.request.method or "GET", target.headers, body, producer)
         except RelayError as exc:
-            if self.outcome != "client_closed":
-                self.outcome = "upstream_failed"
+            if not self.gone:
+                self.outcome = "shutting_down" if exc.code == "shutting_down" else "upstream_failed"
                 self.fail(exc)
             return
         except ApiError as exc:
@@ -180,17 +199,38 @@ class RelayingHandler(BaseHandler):
         finally:
             if self._pipe is not None:  # the upstream takes no more: never leave the browser's side waiting
                 self._pipe.abort(StreamClosedError())
+            self._relayed(self._relay)
         self.outcome, self.upstream_ms = result.outcome, result.upstream_ms
         if result.held is not None and self.outcome == "ok":
             self.answer_held(result.held)
+
+    def _relayed(self, relay: Relay) -> None:
+        """The relay is over: report it to the metrics, if they are kept."""
+        metrics = self.ctx.metrics
+        if metrics is None:
+            return
+        if self._streaming:
+            self._streaming = False
+            metrics.route(self.route).stream_ended()
+        result = relay.result
+        seconds = result.upstream_ms / 1000 if result.upstream_ms is not None else None
+        metrics.upstream(self.upstream).relayed(seconds, result.status, result.failure)
+
+    def _first_event(self) -> None:
+        """The first event of the upstream's stream (metrics only)."""
+        assert self.ctx.metrics is not None
+        self.ctx.metrics.route(self.route).first_event(self.request.request_time())
 
     def on_connection_close(self) -> None:
         super().on_connection_close()
         if self._relay is not None and self._relay.finished:
             return  # the browser hung up after the whole answer: nothing was cut short
-        self.outcome = "client_closed"
-        if self._relay is not None:
-            self.abandon(self._relay)
+        if self.cut_by_drain:  # the gateway ended it (the outcome says so): as at the drain's deadline
+            self.shut_down()
+        else:
+            self.outcome = "client_closed"
+            if self._relay is not None:
+                self.abandon(self._relay)
         if self._pipe is not None:
             # A closed stream, so the relay takes the producer's failure for the connection
             # ending, not for a rejected request: the upstream sees its request cut off.
@@ -209,10 +249,15 @@ class RelayingHandler(BaseHandler):
                 replaced.add(name)
             with contextlib.suppress(ValueError):  # a value Tornado refuses to emit is dropped
                 self.add_header(name, value)
+        if "Vary" in replaced and self.ctx.cors.enabled:
+            self.add_header("Vary", "Origin")  # the upstream's Vary replaced the gateway's own
         if event_stream:
             self.set_header("Cache-Control", "no-cache, no-transform")
             self.set_header("X-Accel-Buffering", "no")
             self.clear_header("Content-Length")
+            if self.ctx.metrics is not None:
+                self._streaming = True
+                self.ctx.metrics.route(self.route).stream_started()
         return self.flush()
 
     def send(self, data: bytes) -> Awaitable[None]:
@@ -225,6 +270,11 @@ class RelayingHandler(BaseHandler):
     def abandon(self, relay: Relay) -> None:
         """The browser went away mid-relay: by default the upstream request is dropped at once."""
         relay.cancel()
+
+    def shut_down(self) -> None:
+        """The drain's deadline (``ops/drain.py``): end the relay's answer now."""
+        if self._relay is not None:
+            self._relay.shut_down()
 
 
 def _retrieve(task: asyncio.Task[None]) -> None:

@@ -62,7 +62,10 @@ class SessionWriteBack(RequestHandler):
         clear it with ``None``; either way no stale chunk stays. Cookies set here survive an
         error response."""
         settings = self.ctx.settings
-        attributes: dict[str, Any] = {"path": "/", "httponly": True, "samesite": "Lax", "secure": settings.production}
+        samesite = settings.session_cookie_samesite
+        # Browsers drop a SameSite=None cookie that is not Secure.
+        secure = settings.production or samesite == "None"
+        attributes: dict[str, Any] = {"path": "/", "httponly": True, "samesite": samesite, "secure": secure}
         for name, chunk in write_plan(fmt.cookie_name, value, present, fmt.chunk_size):
             if chunk is None:
                 self.clear_cookie(name, **attributes)

@@ -19,6 +19,13 @@ Contract:
    if gatehouse died, or if that RSS median grew more than 10 %; 0 otherwise (2 for bad
    arguments). Gatehouse (SIGTERM, then SIGKILL after 15 s) and locust are always stopped.
 
+With ``--workers N`` (``make load`` runs ``--workers 2 --redis`` after the default run), the demo
+upstreams run in a process of their own (``loadtest/upstreams.py``) and gatehouse runs against
+them, not in demo mode, with ``WORKERS=N``; ``--redis`` adds a real ``redis-server`` on a free
+loopback port (``REDIS_URL``) and sets ``CHAT_RATE_PER_MINUTE`` high enough never to refuse, so
+every chat takes the shared limiter's Lua script without being limited. RSS is then the sum over
+the supervisor and its workers, and ``/readyz`` must say ``"redis": "ok"`` before and after.
+
 Every step is bounded: 30 s for gatehouse to start, duration + 10 s stop timeout + 60 s for
 locust. Arguments after ``--`` go to locust as they are: ``make load LOAD_ARGS="--users 100
 --duration 2m -- --loglevel DEBUG"``.
@@ -31,6 +38,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import statistics
@@ -52,6 +60,9 @@ STOP_TIMEOUT = 10  # locust --stop-timeout: users finish the stream they are rea
 LOCUST_GRACE = 60.0
 GATEHOUSE_STOP_WAIT = 15.0  # gatehouse drains requests for up to 10 s on SIGTERM
 KEPT_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR")
+UPSTREAM_VARIABLES = frozenset(
+    ("BACKEND_URL", "SESSION_SECRET", "DIFY_API_URL", "DIFY_API_KEY", "SUPABASE_URL", "SUPABASE_ANON_KEY")
+)
 EXPORT_LINE = re.compile(r"^export (GATEHOUSE_COOKIE|SUPABASE_TOKEN)='([^']*)'$")
 
 
@@ -66,6 +77,8 @@ class Options:
     spawn_rate: float
     warmup: int
     locust_args: tuple[str, ...]
+    workers: int = 1
+    redis: bool = False
 
 
 @dataclass(frozen=True)
@@ -137,12 +150,16 @@ def parse_args(argv: Sequence[str]) -> Options:
     parser.add_argument(
         "--warmup", type=int, default=10, help="seconds left out of the RSS comparison at the start (default 10)"
     )
+    parser.add_argument(
+        "--workers", type=positive_int, default=1, help="WORKERS: >1 runs the demo upstreams apart (default 1)"
+    )
+    parser.add_argument("--redis", action="store_true", help="share state through a real redis-server (REDIS_URL)")
     args = parser.parse_args(argv)
     if args.spawn_rate <= 0:
         parser.error("--spawn-rate must be positive")
     if not 0 <= args.warmup <= args.duration // 2:
         parser.error("--warmup must be between 0 and half the duration")
-    return Options(args.duration, args.users, args.spawn_rate, args.warmup, tuple(extra))
+    return Options(args.duration, args.users, args.spawn_rate, args.warmup, tuple(extra), args.workers, args.redis)
 
 
 def free_port() -> int:
@@ -152,15 +169,23 @@ def free_port() -> int:
 
 
 def rss_kib(pid: int) -> int | None:
-    """``VmRSS`` of the process in KiB; None once it is gone."""
+    """``VmRSS`` of the process and its children (a supervisor's workers) in KiB; None once it is gone."""
     try:
         with open(f"/proc/{pid}/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
+            own = next((int(line.split()[1]) for line in status if line.startswith("VmRSS:")), None)
     except (OSError, ValueError):
         return None
-    return None
+    if own is None:
+        return None
+    return own + sum(rss_kib(child) or 0 for child in children(pid))
+
+
+def children(pid: int) -> list[int]:
+    found: list[int] = []
+    with contextlib.suppress(OSError, ValueError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found += [int(child) for child in (task / "children").read_text().split()]
+    return found
 
 
 def logged_problems(path: Path) -> list[str]:
@@ -189,28 +214,97 @@ def log_tail(path: Path, lines: int = 20) -> str:
         return "(no log)"
 
 
-def start_gatehouse(port: int, workdir: Path) -> tuple[subprocess.Popen[bytes], Path]:
-    env = {name: os.environ[name] for name in KEPT_ENV if name in os.environ}
-    env.update(
-        PORT=str(port),
-        HOST="127.0.0.1",
-        ENV="development",
-        LOG_LEVEL="WARNING",
-        CHAT_RATE_PER_MINUTE="0",
-        PYTHONUNBUFFERED="1",
-    )
-    log_path = workdir / "gatehouse.log"
+def start_process(
+    command: list[str], workdir: Path, env: dict[str, str], name: str
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """``command`` in ``workdir`` with a clean environment plus ``env``, its output to ``<name>.log``."""
+    clean = {name: os.environ[name] for name in KEPT_ENV if name in os.environ}
+    log_path = workdir / f"{name}.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, str(ROOT / "server.py")],
+            command,
             cwd=workdir,
-            env=env,
+            env={**clean, "PYTHONUNBUFFERED": "1", **env},
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # our SIGTERM, not the terminal's ^C, shuts it down
         )
     return process, log_path
+
+
+def start_gatehouse(
+    port: int, workdir: Path, upstreams: dict[str, str], options: Options, redis_url: str | None
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """Gatehouse in demo mode (no ``upstreams``), or against them with ``WORKERS``."""
+    env = {"PORT": str(port), "HOST": "127.0.0.1", "ENV": "development", "LOG_LEVEL": "WARNING"}
+    env["CHAT_RATE_PER_MINUTE"] = "1000000" if redis_url else "0"  # one demo user: never refused
+    env.update(upstreams)
+    if options.workers > 1:
+        env["WORKERS"] = str(options.workers)
+    if redis_url:
+        env["REDIS_URL"] = redis_url
+    return start_process([sys.executable, str(ROOT / "server.py")], workdir, env, "gatehouse")
+
+
+def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise LoadTestError("redis-server is not installed (the Makefile's redis-server target installs it)")
+    port = free_port()
+    command = [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(workdir),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+    process, _ = start_process(command, workdir, {}, "redis")
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1) as probe:
+            probe.sendall(b"PING\r\n")
+            if probe.recv(16).startswith(b"+PONG"):
+                return process, f"redis://127.0.0.1:{port}/0"
+        if process.poll() is not None:
+            raise LoadTestError(f"redis-server exited with {process.returncode}")
+        time.sleep(0.1)
+    raise LoadTestError("redis-server did not answer PING in time")
+
+
+def start_upstreams(workdir: Path) -> tuple[subprocess.Popen[bytes], dict[str, str], dict[str, str]]:
+    """``loadtest/upstreams.py``: the gatehouse environment it prints, and its banner's exports."""
+    process, log_path = start_process(
+        [sys.executable, str(ROOT / "loadtest" / "upstreams.py")], workdir, {}, "upstreams"
+    )
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        lines = log_path.read_text(errors="replace").splitlines()
+        if "ready" in lines:
+            pairs = (line.split("=", 1) for line in lines if "=" in line and not line.startswith("export "))
+            env = {name: value for name, value in pairs if name in UPSTREAM_VARIABLES}
+            exports = {m.group(1): m.group(2) for m in map(EXPORT_LINE.match, lines) if m}
+            return process, env, exports
+        if process.poll() is not None:
+            raise LoadTestError(f"the demo upstreams exited with {process.returncode}")
+        time.sleep(0.1)
+    raise LoadTestError("the demo upstreams did not start in time")
+
+
+def readiness(base: str) -> dict[str, object]:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(f"{base}/readyz", timeout=2) as response:
+            data = json.load(response)
+            return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
 
 
 def wait_for_banner(process: subprocess.Popen[bytes], log_path: Path, deadline: float) -> dict[str, str]:
@@ -402,6 +496,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     gatehouse: subprocess.Popen[bytes] | None = None
     locust: subprocess.Popen[bytes] | None = None
+    helpers: list[subprocess.Popen[bytes]] = []  # the demo upstreams and redis-server, when apart
     log_path: Path | None = None
     show_log = False  # gatehouse's own output, when it failed to start or died
     with tempfile.TemporaryDirectory(prefix="gatehouse-load-") as tmp:
@@ -409,12 +504,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             port = free_port()
             base = f"http://127.0.0.1:{port}"
-            gatehouse, log_path = start_gatehouse(port, workdir)
+            upstreams: dict[str, str] = {}
+            redis_url = None
+            if options.redis:
+                redis, redis_url = start_redis(workdir)
+                helpers.append(redis)
+            if options.workers > 1 or options.redis:
+                process, upstreams, exports = start_upstreams(workdir)
+                helpers.append(process)
+            gatehouse, log_path = start_gatehouse(port, workdir, upstreams, options, redis_url)
             deadline = time.monotonic() + START_TIMEOUT
-            exports = wait_for_banner(gatehouse, log_path, deadline)
+            if not upstreams:
+                exports = wait_for_banner(gatehouse, log_path, deadline)
             wait_healthy(base, gatehouse, deadline)
+            mode = "demo mode" if not upstreams else f"WORKERS={options.workers}, demo upstreams apart"
+            if redis_url:
+                mode += ", REDIS_URL (a local redis-server)"
+                if readiness(base).get("redis") != "ok":
+                    raise LoadTestError(f"/readyz does not report redis ok: {readiness(base)}")
             print(
-                f"gatehouse (demo mode, pid {gatehouse.pid}) on {base}: CHAT_RATE_PER_MINUTE=0, LOG_LEVEL=WARNING; "
+                f"gatehouse ({mode}, pid {gatehouse.pid}) on {base}: LOG_LEVEL=WARNING; "
                 f"RSS at start {mib(rss_kib(gatehouse.pid) or 0)}",
                 flush=True,
             )
@@ -432,6 +541,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if gatehouse.poll() is not None:
                 problems.append(f"gatehouse exited with {gatehouse.returncode}")
                 show_log = True
+            elif redis_url and readiness(base).get("redis") != "ok":
+                problems.append("/readyz no longer reports redis ok")
             logged = logged_problems(log_path)
             print(f"gatehouse logged {len(logged)} warning/error line(s)" + (": last ones:" if logged else ""))
             for line in logged[-5:]:
@@ -446,6 +557,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 stop(locust, "locust", 10.0)
             if gatehouse is not None:
                 stop(gatehouse, "gatehouse", GATEHOUSE_STOP_WAIT)
+            for helper in helpers:
+                stop(helper, "helper", 10.0)
         if show_log and log_path is not None:
             print(f"\ngatehouse log (last lines):\n{log_tail(log_path)}", file=sys.stderr)
     if problems:

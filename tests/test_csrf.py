@@ -92,14 +92,70 @@ async def test_same_origin_and_non_browser_cookie_requests_pass(
     assert len(backend.requests) == 1
 
 
+READS_REFUSED: list[tuple[str, dict[str, str]]] = [
+    ("fetch from another site", {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "cors", "Origin": EVIL}),
+    (
+        "EventSource from a sibling origin",
+        {"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "cors", "Origin": "http://127.0.0.1:1"},
+    ),
+    (
+        "an <img> on another site",
+        {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"},
+    ),
+    ("no fetch metadata, a foreign Origin", {"Origin": EVIL}),
+    ("no fetch metadata, Origin null", {"Origin": "null"}),
+]
+READS_PASSED: list[tuple[str, Callable[[RunningGateway], dict[str, str]]]] = [
+    ("same origin", lambda g: {"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "cors"}),
+    ("typed or bookmarked", lambda g: {"Sec-Fetch-Site": "none", "Sec-Fetch-Mode": "navigate"}),
+    ("a link from another site", lambda g: {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"}),
+    ("no fetch metadata, own Origin", lambda g: {"Origin": own(g)}),
+    ("not a browser", lambda g: {}),
+]
+
+
 @pytest.mark.gen_test
-async def test_safe_methods_are_not_checked(
-    gateway: RunningGateway, backend: FakeBackend, fetch: Fetch, session_cookie: Callable[..., str]
+@pytest.mark.parametrize(("case", "headers"), READS_REFUSED, ids=[c for c, _ in READS_REFUSED])
+async def test_another_sites_script_or_subresource_reads_are_403_and_not_forwarded(
+    case: str,
+    headers: dict[str, str],
+    gateway: RunningGateway,
+    backend: FakeBackend,
+    fetch: Fetch,
+    session_cookie: Callable[..., str],
 ) -> None:
-    status, _ = await send(
-        fetch, gateway, {"Cookie": session_cookie(), "Origin": EVIL, "Sec-Fetch-Site": "cross-site"}, "GET"
-    )
+    """CORS would only hide the answer; the request itself, with the user's session, must not
+    reach the backend (Fetch Metadata's resource isolation policy)."""
+    response = await fetch(gateway.url + "/api/proxy/items", headers={"Cookie": session_cookie(), **headers})
+    assert response.code == 403 and json.loads(response.body)["error"] == "csrf_rejected"
+    assert backend.requests == []
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize(("case", "headers"), READS_PASSED, ids=[c for c, _ in READS_PASSED])
+async def test_own_reads_navigations_and_non_browser_reads_pass(
+    case: str,
+    headers: Callable[[RunningGateway], dict[str, str]],
+    gateway: RunningGateway,
+    backend: FakeBackend,
+    fetch: Fetch,
+    session_cookie: Callable[..., str],
+) -> None:
+    status, _ = await send(fetch, gateway, {"Cookie": session_cookie(), **headers(gateway)}, "GET")
     assert status == 200 and len(backend.requests) == 1
+
+
+@pytest.mark.gen_test
+async def test_a_listed_origins_reads_pass(
+    backend: FakeBackend, start_gateway: Callable[..., RunningGateway], fetch: Fetch, session_cookie: Callable[..., str]
+) -> None:
+    gateway = start_gateway(backend.url, allowed_origins=frozenset({"https://app.example.com"}))
+    listed = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "cors", "Origin": "https://app.example.com"}
+    assert (await send(fetch, gateway, {"Cookie": session_cookie(), **listed}, "GET"))[0] == 200
+    assert (await send(fetch, gateway, {"Cookie": session_cookie(), "Origin": "https://app.example.com"}, "GET"))[
+        0
+    ] == 200
+    assert len(backend.requests) == 2
 
 
 @pytest.mark.gen_test

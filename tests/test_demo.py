@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.gateway_process import demo_server
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -109,14 +111,7 @@ def test_readme_walkthrough_works_verbatim(demo: Demo, command: str, expected: s
 
 def test_demo_stops_cleanly_on_sigterm() -> None:
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "server.py"],
-        cwd=ROOT,
-        env={"PATH": os.environ["PATH"], "PORT": str(port)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = demo_server(port)
     try:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:

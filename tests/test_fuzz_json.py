@@ -92,12 +92,23 @@ def valid(body: bytes) -> bool | None:
     if not body:
         return None
     try:
-        parsed = strict(body)
+        strict(body)  # valid RFC 8259 JSON at all (raises if not)
     except (ValueError, RecursionError):
         return False if depth(body) <= DEPTH_LIMIT else None
-    if depth(body) > DEPTH_LIMIT or lone_surrogates(parsed) or overflows(parsed):
+    # Walked with every member kept: a duplicate key must not hide a value ({"a": 1e999, "a": 0}).
+    members = every_member(body)
+    if depth(body) > DEPTH_LIMIT or lone_surrogates(members) or overflows(members):
         return None
     return True
+
+
+def every_member(body: bytes) -> Any:
+    """``body`` parsed with each object as a list of all its keys and values, duplicates kept."""
+    return json.loads(
+        body.decode("utf-8"),
+        object_pairs_hook=lambda pairs: [item for pair in pairs for item in pair],
+        parse_float=_out_of_range,
+    )
 
 
 def same_body(seen: Recorded, body: bytes) -> bool:

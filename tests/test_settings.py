@@ -60,6 +60,17 @@ def start_process(env: dict[str, str], cwd: Path = ROOT) -> subprocess.Completed
         ({"DIFY_API_URL": "ftp://dify.example/v1"}, "DIFY_API_URL"),
         ({"CHAT_RATE_PER_MINUTE": "-1"}, "CHAT_RATE_PER_MINUTE"),
         ({"CHAT_MAX_BODY_BYTES": "100"}, "CHAT_MAX_BODY_BYTES"),
+        ({"WORKERS": "0"}, "WORKERS"),
+        ({"WORKERS": "many"}, "WORKERS"),
+        ({"METRICS_PORT": "metrics"}, "METRICS_PORT"),
+        ({"METRICS_PORT": "8000"}, "METRICS_PORT"),
+        ({"PORT": "9100", "METRICS_PORT": "9100"}, "METRICS_PORT"),
+        ({"SHUTDOWN_DELAY": "-1"}, "SHUTDOWN_DELAY"),
+        ({"DRAIN_TIMEOUT": "forever"}, "DRAIN_TIMEOUT"),
+        ({"REDIS_URL": "http://127.0.0.1:6379"}, "REDIS_URL"),
+        ({"REDIS_URL": "redis://127.0.0.1:99999"}, "REDIS_URL"),
+        ({"REDIS_TIMEOUT": "0"}, "REDIS_TIMEOUT"),
+        ({"SESSION_COOKIE_SAMESITE": "lenient"}, "SESSION_COOKIE_SAMESITE"),
     ],
 )
 def test_invalid_configuration_stops_with_one_line_naming_the_variable(env: dict[str, str], variable: str) -> None:
@@ -76,6 +87,37 @@ def test_secret_values_are_not_echoed_in_startup_errors() -> None:
     result = start_process({"BACKEND_URL": "http://api.example", "SESSION_SECRET": "s3cr3t-value", "PORT": "x"})
     assert result.returncode == 2 and "PORT" in result.stderr
     assert "s3cr3t-value" not in result.stderr
+
+
+def test_the_redis_password_is_not_echoed_in_startup_errors() -> None:
+    result = start_process({"REDIS_URL": "redis://:hunter2-redis-pw@127.0.0.1:99999/0"})
+    assert result.returncode == 2 and "REDIS_URL" in result.stderr
+    assert "hunter2-redis-pw" not in result.stderr + result.stdout
+
+
+def test_operations_settings() -> None:
+    settings = load_settings(
+        {
+            "WORKERS": "auto",
+            "METRICS_HOST": "0.0.0.0",
+            "METRICS_PORT": "9100",
+            "SHUTDOWN_DELAY": "5",
+            "DRAIN_TIMEOUT": "45",
+            "REDIS_URL": "rediss://:pw@redis.internal:6380/2",
+            "REDIS_TIMEOUT": "0.25",
+            "SESSION_COOKIE_SAMESITE": "none",
+        },
+        dotenv=None,
+    )
+    assert settings.workers == (os.cpu_count() or 1)
+    assert (settings.metrics_host, settings.metrics_port) == ("0.0.0.0", 9100)
+    assert (settings.shutdown_delay, settings.drain_timeout) == (5.0, 45.0)
+    assert (settings.redis_url, settings.redis_timeout) == ("rediss://:pw@redis.internal:6380/2", 0.25)
+    assert settings.session_cookie_samesite == "None"
+    defaults = load_settings({}, dotenv=None)
+    assert (defaults.workers, defaults.metrics_port, defaults.redis_url) == (1, None, None)
+    assert (defaults.shutdown_delay, defaults.drain_timeout, defaults.redis_timeout) == (0.0, 30.0, 0.5)
+    assert defaults.session_cookie_samesite == "Lax"
 
 
 def test_defaults() -> None:

@@ -18,18 +18,22 @@ contract for what gatehouse uses (``header_callback`` with the head's lines, an 
   relay's watchdog owns time limits on streams);
 * keep-alive: a ``GET`` takes an idle connection when there is one, and is sent once more on a
   fresh connection if that one turns out dead before any answer; other requests connect
-  afresh (a write must never be applied twice) and give their connection to the pool after.
+  afresh (a write must never be applied twice) and give their connection to the pool after;
+* what the metrics read, without the client knowing of them: how a fetch failed
+  (`failure_reason`), when its answer's head came (`AbortableRequest.head_after`), and, for an
+  `observed <UpstreamClient.observed>` client, each `call` reported to a `CallObserver`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import ssl
 import time
 import urllib.parse
 from collections.abc import Callable
 from io import BytesIO
-from typing import Any
+from typing import Any, Literal, Protocol
 
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
 from tornado.httputil import HTTPHeaders, HTTPInputError, ResponseStartLine
@@ -39,7 +43,14 @@ from tornado.simple_httpclient import HTTPStreamClosedError, HTTPTimeoutError
 from upstream.http1 import Http1Connection, ResponseHandler, chunk, request_head
 from upstream.pool import ConnectionPool, Origin
 
-__all__ = ["AbortableRequest", "UpstreamAborted", "UpstreamClient"]
+__all__ = [
+    "AbortableRequest",
+    "CallObserver",
+    "UpstreamAborted",
+    "UpstreamClient",
+    "UpstreamFailure",
+    "failure_reason",
+]
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # resendable, so they may reuse a connection
 MAX_BUFFERED_BODY = 16 * 1024 * 1024  # an answer the gateway reads whole (refresh, JWKS, Dify stop)
@@ -48,6 +59,37 @@ _TLS = ssl.create_default_context()
 
 class UpstreamAborted(Exception):
     """The gateway abandoned a fetch; the message says why (``client_closed``, ``idle_timeout``...)."""
+
+
+UpstreamFailure = Literal["connect", "timeout", "reset", "protocol"]
+
+
+def failure_reason(error: BaseException, connected: bool) -> UpstreamFailure | None:
+    """How a fetch that raised ``error`` failed: ``connect`` (no connection was made: refused,
+    unreachable, a name or TLS handshake that failed), ``timeout`` (connecting, or
+    ``request_timeout``), ``reset`` (the connection closed or broke before the answer was
+    whole), ``protocol`` (an answer that is not valid HTTP, or anything else). None when the
+    gateway abandoned it itself (`UpstreamAborted`): not the upstream's failure.
+    ``connected``: whether the fetch had a connection (`AbortableRequest.connected`)."""
+    if isinstance(error, UpstreamAborted):
+        return None
+    if isinstance(error, (HTTPTimeoutError, TimeoutError)):
+        return "timeout"
+    if not connected:
+        return "connect"
+    if isinstance(error, (HTTPStreamClosedError, StreamClosedError, ConnectionError)):
+        return "reset"
+    return "protocol"  # HTTPInputError: a malformed answer; or what nobody foresaw
+
+
+class CallObserver(Protocol):
+    """Told how each `UpstreamClient.call` of an observed client went (e.g. the metrics)."""
+
+    def answered(self, seconds: float, status: int) -> None:
+        """The answer's head came ``seconds`` after the call began, with ``status``."""
+
+    def failed(self, reason: str) -> None:
+        """The call got no answer: one of `UpstreamFailure`."""
 
 
 class AbortableRequest(HTTPRequest):
@@ -59,6 +101,8 @@ class AbortableRequest(HTTPRequest):
     """
 
     head_callback: Callable[[ResponseStartLine, HTTPHeaders], None] | None = None
+    connected = False  # the fetch has (had) a connection to the upstream
+    head_after: float | None = None  # seconds from the fetch's start to the answer's head
     _exchange: _Exchange | None = None
     _abort_error: BaseException | None = None
     _failed_on_reused = False  # failed on a pooled connection before any answer: resend
@@ -89,6 +133,7 @@ class AbortableRequest(HTTPRequest):
         if not self._failed_on_reused or self._abort_error is not None:
             return False
         self._failed_on_reused, self._fresh_connection = False, True
+        self.connected = False
         return True
 
 
@@ -178,6 +223,8 @@ class _Exchange(ResponseHandler):
                 connection.close()
                 return
             self._connection = connection
+            if isinstance(request, AbortableRequest):
+                request.connected = True
             close = "close" in headers.get("Connection", "").lower()
             connection.start(self, head, request.method == "HEAD", close=close)
             if body:
@@ -217,6 +264,8 @@ class _Exchange(ResponseHandler):
 
     def on_head(self, start: ResponseStartLine, headers: HTTPHeaders) -> None:
         request = self._request
+        if isinstance(request, AbortableRequest):
+            request.head_after = time.monotonic() - self._started
         if isinstance(request, AbortableRequest) and request.head_callback is not None:
             self._head = (start, None)  # the caller has the headers: not held for a whole stream
             request.head_callback(start, headers)
@@ -312,7 +361,10 @@ class _GatewayHTTPClient(AsyncHTTPClient):
 
 
 class UpstreamClient:
-    """One shared client for every upstream call of the process."""
+    """One shared client for every upstream call of the process; `observed` views of it share
+    its connections and report their `call`s."""
+
+    _observer: CallObserver | None = None
 
     def __init__(
         self, connect_timeout: float, keepalive_connections: int = 100, keepalive_seconds: float = 4.0
@@ -322,6 +374,13 @@ class UpstreamClient:
             pool=ConnectionPool(keepalive_connections, keepalive_seconds),
             defaults={"connect_timeout": connect_timeout, "request_timeout": 0},
         )
+
+    def observed(self, observer: CallObserver) -> UpstreamClient:
+        """This client, its connections and pool shared, reporting each `call` to ``observer``
+        (``fetch`` is not reported: a relay reports its own)."""
+        view = copy.copy(self)
+        view._observer = observer
+        return view
 
     async def fetch(self, request: HTTPRequest) -> HTTPResponse:
         """Fetch without raising on HTTP error statuses (they are answers to relay).
@@ -360,7 +419,19 @@ class UpstreamClient:
             body=body if body is not None or method == "GET" else b"",
             request_timeout=seconds,
         )
-        return await self.fetch(request)
+        observer = self._observer
+        if observer is None:
+            return await self.fetch(request)
+        try:
+            response = await self.fetch(request)
+        except Exception as exc:
+            reason = failure_reason(exc, request.connected)
+            if reason is not None:
+                observer.failed(reason)
+            raise
+        head_after = request.head_after if request.head_after is not None else response.request_time or 0.0
+        observer.answered(head_after, response.code)
+        return response
 
     @property
     def idle_connections(self) -> int:

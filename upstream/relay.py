@@ -22,9 +22,14 @@ This is the only place that moves bytes from an upstream to a browser. The contr
 * `cancel` (the browser went away) aborts the upstream at once, in any phase; `detach` instead
   keeps reading, unseen, for a bounded time, for an upstream whose stream carries what is
   needed to stop it properly (Dify's ``task_id``).
+* `shut_down` (the gateway's drain deadline) aborts the upstream and ends the answer as a
+  failure does, in the gateway's words: an SSE stream with an ``error`` event
+  ``shutting_down``, any other answer cut off; before the headers, a 503 ``shutting_down``.
 * An optional `RelayObserver` may `hold <RelayObserver.hold>` an answer (the handler gets its
   status, headers and first ``HELD_BODY_LIMIT`` bytes in `RelayResult.held` to answer in its
   own words, nothing is relayed), and sees each batch of complete SSE events as it is relayed.
+* For the metrics: `RelayResult` says how the upstream failed, if it did (``failure``), and an
+  optional ``on_first_event`` is called as the first complete SSE event comes from the upstream.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from tornado.httputil import HTTPHeaders, ResponseStartLine
 from tornado.iostream import StreamClosedError
 from tornado.simple_httpclient import HTTPTimeoutError
 
-from upstream.client import AbortableRequest, UpstreamAborted, UpstreamClient
+from upstream.client import AbortableRequest, UpstreamAborted, UpstreamClient, UpstreamFailure, failure_reason
 from upstream.errors import GatewayError
 from upstream.headers import response_headers_to_relay
 from upstream.sse import EventBuffer, comment, error_event, is_event_stream
@@ -78,12 +83,15 @@ class HeldResponse:
 
 @dataclasses.dataclass(slots=True)
 class RelayResult:
-    """What happened, for the access log."""
+    """What happened, for the access log and the metrics."""
 
-    outcome: str = "ok"  # ok | client_closed | upstream_failed | idle_timeout | request_rejected
+    outcome: str = "ok"  # ok | client_closed | upstream_failed | idle_timeout | request_rejected | shutting_down
     upstream_ms: float | None = None  # time to the upstream's response headers
     status: int | None = None  # the upstream's final status
     held: HeldResponse | None = None
+    # The upstream's own failure, before or after its headers (a time limit counts as a
+    # timeout); None when it did not fail, or the gateway or the browser ended the relay.
+    failure: UpstreamFailure | None = None
 
 
 class RelayObserver(Protocol):
@@ -130,11 +138,13 @@ class Relay:
         client: UpstreamClient,
         limits: RelayLimits,
         observer: RelayObserver | None = None,
+        on_first_event: Callable[[], None] | None = None,
     ) -> None:
         self._browser = browser
         self._client = client
         self._limits = limits
         self._observer = observer
+        self._on_first_event = on_first_event  # called once, then dropped
         self._loop = asyncio.get_running_loop()
         self._request: AbortableRequest | None = None
         self._headers_sent = False
@@ -179,6 +189,7 @@ class Relay:
         except Exception as exc:  # aborted by us, or refused, reset, timed out connecting
             if not isinstance(exc, UpstreamAborted):
                 self._failure = self._failure or "upstream_failed"
+            self.result.failure = _upstream_failure(self._failure, exc, self._request)
             if not self._headers_sent and self._failure != "client_closed":
                 raise _error_before_headers(exc, self._failure) from None
         finally:
@@ -191,6 +202,10 @@ class Relay:
     def cancel(self) -> None:
         """The browser disconnected: drop the upstream request now, whatever its phase."""
         self._abort("client_closed")
+
+    def shut_down(self) -> None:
+        """The gateway is shutting down: end the answer now (see the module's contract)."""
+        self._abort("shutting_down")
 
     def detach(self, grace: float) -> None:
         """The browser disconnected, but keep reading the upstream (nothing is written) for up
@@ -238,6 +253,9 @@ class Relay:
         data = self._sse.feed(chunk) if self._sse is not None else chunk
         if not data:
             return None
+        if self._sse is not None and self._on_first_event is not None:
+            first, self._on_first_event = self._on_first_event, None
+            first()
         if self._sse is not None and self._observer is not None:
             self._observer.on_events(data)
         if self._detached_until is not None:
@@ -313,7 +331,7 @@ class Relay:
             # A held-back partial event is dropped, never delivered; only a partial event the
             # client already has (one past the 1 MiB hold-back) needs ending first.
             prefix = b"" if self._sse.at_boundary else b"\n\n"
-            await self._send(prefix + error_event("upstream_failed", _failure_message(self._failure)))
+            await self._send(prefix + error_event(*_failure_event(self._failure)))
         # Never complete a body that is not whole: close instead of writing the last chunk.
         self._cut_off()
 
@@ -398,13 +416,27 @@ class Relay:
             self._request.abort(UpstreamAborted(reason))
 
 
-def _failure_message(reason: str) -> str:
+def _failure_event(reason: str) -> tuple[str, str]:
+    """The code and message of the ``error`` event that ends a stream that failed for ``reason``."""
+    if reason == "shutting_down":
+        return "shutting_down", "The gateway is shutting down; reconnect to continue."
     if reason == "idle_timeout":
-        return "The upstream sent nothing for too long; the stream was ended."
-    return "The upstream failed before the response was complete."
+        return "upstream_failed", "The upstream sent nothing for too long; the stream was ended."
+    return "upstream_failed", "The upstream failed before the response was complete."
+
+
+def _upstream_failure(failure: str | None, exc: Exception, request: AbortableRequest) -> UpstreamFailure | None:
+    """The upstream's part in a relay that ended with ``exc`` for ``failure`` (see `RelayResult`)."""
+    if failure in ("response_timeout", "idle_timeout"):
+        return "timeout"
+    if failure == "upstream_failed":
+        return failure_reason(exc, request.connected)
+    return None  # the browser left, the gateway shut down, the request was refused
 
 
 def _error_before_headers(exc: Exception, failure: str | None) -> RelayError:
+    if failure == "shutting_down":
+        return RelayError(503, "shutting_down", "The gateway is shutting down; try again.")
     if failure == "response_timeout" or isinstance(exc, HTTPTimeoutError):
         return RelayError(504, "gateway_timeout", "The backend did not answer in time.")
     return RelayError(502, "bad_gateway", "The backend could not be reached or failed to answer.")

@@ -7,7 +7,8 @@ Routes (any method unless said otherwise):
 * ``/bytes/<n>``: ``n`` deterministic bytes (`payload`); ``?chunked=1`` omits Content-Length.
 * ``/gzip``: a gzip-encoded JSON body with ``Content-Encoding: gzip`` and its Content-Length.
 * ``/status/<code>``: that status with a JSON body (and a ``Retry-After`` on 429/503).
-* ``/headers``: a response with ``Set-Cookie``, hop-by-hop and ``Connection``-named headers.
+* ``/headers``: a response with ``Set-Cookie``, hop-by-hop and ``Connection``-named headers,
+  and a CORS grant of its own (``Access-Control-Allow-Origin: *``) with ``Vary``.
 * ``/sse?events=N&interval=S``: N SSE events, each ``data: {"n": i, "sent": <time>}``.
 * ``/slow?delay=S``: waits S seconds before answering.
 * ``/auth/password-reset...``, ``/auth/forgot-password...``: same as ``/echo``.
@@ -109,6 +110,10 @@ class _Handler(RequestHandler):
             self.set_header("Keep-Alive", "timeout=5")
             self.set_header("Proxy-Authenticate", "Basic")
             self.set_header("X-Backend", "kept")
+            # A backend's own CORS grant: gatehouse, not the backend, decides who may read.
+            self.set_header("Access-Control-Allow-Origin", "*")
+            self.set_header("Access-Control-Allow-Credentials", "true")
+            self.set_header("Vary", "Accept-Encoding")
             self.json({"ok": True})
         elif path == "/sse":
             await self.send_events(
