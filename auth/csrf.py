@@ -41,6 +41,9 @@ __all__ = ["SAFE_METHODS", "CsrfPolicy"]
 
 SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
 _TRUSTED_FETCH_SITES = frozenset(("same-origin", "none"))
+# Navigations that show the answer as a page; an <embed> or <object> navigates too, but loads
+# the answer into the other site's page.
+_DOCUMENTS = frozenset(("document", "iframe", "frame"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,9 +84,12 @@ class CsrfPolicy:
         if fetch_site is not None:
             if fetch_site.strip().lower() in _TRUSTED_FETCH_SITES:
                 return None
-            if headers.get("Sec-Fetch-Mode", "").strip().lower() == "navigate":
+            mode = headers.get("Sec-Fetch-Mode", "").strip().lower()
+            if mode == "navigate" and headers.get("Sec-Fetch-Dest", "document").strip().lower() in _DOCUMENTS:
                 return None  # a link followed: the page that made it cannot read the answer
-            origin = origin_of(headers.get("Origin", ""))
+            # An <img> or <video> sends no Origin; its Referer (at least its origin, under the
+            # default referrer policy) names the page, which no page can forge.
+            origin = origin_of(headers.get("Origin") or headers.get("Referer", ""))
             if origin is not None and origin in self.allowed_origins:
                 return None
             return "Another site's page may not read with the session."

@@ -150,6 +150,8 @@ class SessionHandler(_AuthHandler):
             session = self.backend.sessions.authenticate(self.request.headers)
         except Unauthenticated as exc:
             raise ApiError(401, "unauthorized", str(exc)) from None
+        if session.source == "cookie":  # another site's read must not refresh the session either
+            self.check_csrf()
         session = await self.fresh_session(session)  # as any use of the session would
         self.user = session.user
         exp = session.claims.get("exp")

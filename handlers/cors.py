@@ -35,7 +35,7 @@ __all__ = ["ALLOWED_METHODS", "CorsPolicy"]
 ALLOWED_METHODS = "GET, POST, PUT, PATCH, DELETE"  # what the API routes take
 # What a front end sends beyond the CORS-safelisted headers: JSON, the CSRF header, its own
 # request id, a Supabase Bearer token, and W3C trace context.
-_ALLOWED_HEADERS = "Content-Type, X-CSRF, X-Request-ID, Authorization, traceparent, tracestate"
+_ALLOWED_HEADERS = "Content-Type, X-CSRF, X-Request-ID, Authorization, Last-Event-ID, traceparent, tracestate"
 _EXPOSED_HEADERS = "X-Request-ID, Retry-After"
 MAX_AGE_SECONDS = 600  # Chromium caps a preflight's cache at 2 hours, Firefox at 24
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from auth.nextauth import NextAuthV4Codec
 from tests.conftest import INTEROP, RunningGateway
 from tests.fakes.backend import FakeBackend
 
@@ -102,6 +104,10 @@ READS_REFUSED: list[tuple[str, dict[str, str]]] = [
         "an <img> on another site",
         {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"},
     ),
+    (
+        "an <embed> on another site",
+        {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "embed"},
+    ),
     ("no fetch metadata, a foreign Origin", {"Origin": EVIL}),
     ("no fetch metadata, Origin null", {"Origin": "null"}),
 ]
@@ -109,6 +115,10 @@ READS_PASSED: list[tuple[str, Callable[[RunningGateway], dict[str, str]]]] = [
     ("same origin", lambda g: {"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "cors"}),
     ("typed or bookmarked", lambda g: {"Sec-Fetch-Site": "none", "Sec-Fetch-Mode": "navigate"}),
     ("a link from another site", lambda g: {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"}),
+    (
+        "a frame on another site",
+        lambda g: {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "iframe"},
+    ),
     ("no fetch metadata, own Origin", lambda g: {"Origin": own(g)}),
     ("not a browser", lambda g: {}),
 ]
@@ -152,10 +162,31 @@ async def test_a_listed_origins_reads_pass(
     gateway = start_gateway(backend.url, allowed_origins=frozenset({"https://app.example.com"}))
     listed = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "cors", "Origin": "https://app.example.com"}
     assert (await send(fetch, gateway, {"Cookie": session_cookie(), **listed}, "GET"))[0] == 200
-    assert (await send(fetch, gateway, {"Cookie": session_cookie(), "Origin": "https://app.example.com"}, "GET"))[
-        0
-    ] == 200
-    assert len(backend.requests) == 2
+    listed_no_metadata = {"Origin": "https://app.example.com"}
+    assert (await send(fetch, gateway, {"Cookie": session_cookie(), **listed_no_metadata}, "GET"))[0] == 200
+    # An <img> on the listed front end: no Origin; its Referer names the page.
+    image = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"}
+    listed_page = {"Referer": "https://app.example.com/gallery"}
+    assert (await send(fetch, gateway, {"Cookie": session_cookie(), **image, **listed_page}, "GET"))[0] == 200
+    evil_page = {"Referer": EVIL + "/https://app.example.com/"}
+    assert (await send(fetch, gateway, {"Cookie": session_cookie(), **image, **evil_page}, "GET"))[0] == 403
+    assert len(backend.requests) == 3
+
+
+@pytest.mark.gen_test
+async def test_another_sites_read_of_the_session_refreshes_nothing(
+    backend: FakeBackend, gateway: RunningGateway, fetch: Fetch, codec: NextAuthV4Codec
+) -> None:
+    """``/api/auth/session`` refreshes an expiring session, as any use would: another site's
+    script or ``<img>`` must not make gatehouse spend the refresh token."""
+    claims = {"sub": "user-1", "access_token": "at-0", "refresh_token": "rt-0", "expires_at": int(time.time()) - 10}
+    cookie = f"next-auth.session-token={codec.encode(claims)}"
+    image = {"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"}
+    response = await fetch(gateway.url + "/api/auth/session", headers={"Cookie": cookie, **image})
+    assert response.code == 403 and json.loads(response.body)["error"] == "csrf_rejected"
+    assert backend.calls("/auth/refresh") == []
+    own = await fetch(gateway.url + "/api/auth/session", headers={"Cookie": cookie, "Sec-Fetch-Site": "same-origin"})
+    assert own.code == 200 and len(backend.calls("/auth/refresh")) == 1
 
 
 @pytest.mark.gen_test
