@@ -41,6 +41,8 @@ NEXT_APP := examples/nextjs
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
 $(NEXT_APP)/node_modules/.installed: $(NEXT_APP)/package.json $(NEXT_APP)/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "make: the Next.js example needs Node.js >= 20.9 with npm (https://nodejs.org)" >&2; exit 1; }
+	@node -e 'const [a, b] = process.versions.node.split(".").map(Number); if (a < 20 || (a === 20 && b < 9)) { console.error("make: the Next.js example needs Node.js >= 20.9, found " + process.versions.node); process.exit(1); }'
 	cd $(NEXT_APP) && npm ci --no-audit --no-fund
 	touch $@
 
