@@ -15,6 +15,7 @@ With neither, and no ``SUPABASE_URL``, gatehouse runs in demo mode (development 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 import urllib.parse
@@ -37,6 +38,7 @@ def cookie_name(name: str, production: bool) -> str:
     return f"__Secure-{name}" if production else name
 
 
+@functools.lru_cache(maxsize=256)  # browsers send the same few Origin and Referer values over and over
 def origin_of(url: str) -> str | None:
     """``scheme://host[:port]`` of ``url``, lower-cased, default ports dropped; None if it has none."""
     try:

@@ -57,46 +57,37 @@ class CsrfPolicy:
 
     def violation(self, method: str, headers: HTTPHeaders, host: str) -> str | None:
         """Why a cookie-authenticated request must be refused, or None when it may pass."""
-        if method in SAFE_METHODS:
-            return self._cross_origin_read(headers, host)
-        if self.header_required and headers.get("X-CSRF") != "1":
+        read = method in SAFE_METHODS
+        if not read and self.header_required and headers.get("X-CSRF") != "1":
             return "This request needs the header X-CSRF: 1."
+        refused = "Another site's page may not read with the session." if read else None
         fetch_site = headers.get("Sec-Fetch-Site")
         if fetch_site is not None:
             if fetch_site.strip().lower() in _TRUSTED_FETCH_SITES:
                 return None
-            origin = origin_of(headers.get("Origin", ""))
-            if origin is not None and origin in self.allowed_origins:
-                return None  # another site, but one the deployment named
-            return "Cross-site requests may not use the session."
-        claimed = headers.get("Origin")
-        if claimed is None:
-            claimed = headers.get("Referer")
-            if claimed is None:
-                return None  # not from a browser
-        origin = origin_of(claimed)
-        if origin is not None and (origin in self.allowed_origins or origin == self.own_origin(host)):
-            return None
-        return "Requests from other sites may not use the session."
-
-    def _cross_origin_read(self, headers: HTTPHeaders, host: str) -> str | None:
-        fetch_site = headers.get("Sec-Fetch-Site")
-        if fetch_site is not None:
-            if fetch_site.strip().lower() in _TRUSTED_FETCH_SITES:
-                return None
-            mode = headers.get("Sec-Fetch-Mode", "").strip().lower()
-            if mode == "navigate" and headers.get("Sec-Fetch-Dest", "document").strip().lower() in _DOCUMENTS:
+            if read and _navigation(headers):
                 return None  # a link followed: the page that made it cannot read the answer
             # An <img> or <video> sends no Origin; its Referer (at least its origin, under the
             # default referrer policy) names the page, which no page can forge.
             origin = origin_of(headers.get("Origin") or headers.get("Referer", ""))
             if origin is not None and origin in self.allowed_origins:
-                return None
-            return "Another site's page may not read with the session."
+                return None  # another site, but one the deployment named
+            return refused or "Cross-site requests may not use the session."
+        # Without Fetch Metadata: a read names a foreign Origin only from another page's script
+        # (browsers omit it on navigations and same-origin reads); a write always names one.
         claimed = headers.get("Origin")
+        if claimed is None and not read:
+            claimed = headers.get("Referer")
         if claimed is None:
-            return None  # a navigation or a same-origin read (browsers omit Origin there), or not a browser
+            return None  # not from a browser, or a read no other page's script made
         origin = origin_of(claimed)
         if origin is not None and (origin in self.allowed_origins or origin == self.own_origin(host)):
             return None
-        return "Another site's page may not read with the session."
+        return refused or "Requests from other sites may not use the session."
+
+
+def _navigation(headers: HTTPHeaders) -> bool:
+    """A request that shows its answer as a page (a link followed, a frame), not inside another."""
+    if headers.get("Sec-Fetch-Mode", "").strip().lower() != "navigate":
+        return False
+    return headers.get("Sec-Fetch-Dest", "document").strip().lower() in _DOCUMENTS

@@ -231,8 +231,9 @@ class Refresher:
             return await self._call(refresh_token), False
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout
+        keys = shared.keys(refresh_token)
         while True:
-            claim = await shared.claim(refresh_token)
+            claim = await shared.claim(keys)
             if claim is UNAVAILABLE:
                 return await self._call(refresh_token), False
             if isinstance(claim, Found):

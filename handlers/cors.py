@@ -24,7 +24,6 @@ origins, and which still refuses an unlisted origin's simple POST (which needs n
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 from tornado.httputil import HTTPHeaders
 
@@ -40,10 +39,6 @@ _EXPOSED_HEADERS = "X-Request-ID, Retry-After"
 MAX_AGE_SECONDS = 600  # Chromium caps a preflight's cache at 2 hours, Firefox at 24
 
 
-# A front end sends the same few Origin values on every request: parse each once.
-_normalized = functools.lru_cache(maxsize=256)(origin_of)
-
-
 @dataclasses.dataclass(frozen=True)
 class CorsPolicy:
     allowed_origins: frozenset[str]
@@ -57,7 +52,7 @@ class CorsPolicy:
         claimed = headers.get("Origin")
         if claimed is None or not self.allowed_origins:
             return None
-        origin = _normalized(claimed)
+        origin = origin_of(claimed)
         return origin if origin is not None and origin in self.allowed_origins else None
 
     @staticmethod

@@ -97,7 +97,7 @@ def retire(directory: str, pid: int, within: float = LOCK_WAIT) -> bool:
 
     mark_process_dead: Any = multiprocess.mark_process_dead  # untyped in prometheus_client
     try:
-        with _exclusive(directory, within) as locked:
+        with _locked(directory, fcntl.LOCK_EX, within) as locked:
             if not locked:
                 if pid not in _deferred:
                     _deferred.add(pid)
@@ -139,30 +139,26 @@ def _add_into(archive: str, dead: str) -> None:
 
 
 @contextlib.contextmanager
-def _locked(directory: str, operation: int) -> Iterator[None]:
+def _locked(directory: str, operation: int, within: float | None = None) -> Iterator[bool]:
+    """The directory's lock (``operation``: shared or exclusive), held for the ``with``: waited
+    for, or with ``within``, tried without blocking for that many seconds. Yields whether it is
+    held."""
     fd = _open_lock(directory)
     try:
-        fcntl.flock(fd, operation)
-        yield
+        if within is None:
+            fcntl.flock(fd, operation)
+            yield True
+        else:
+            yield _lock_within(fd, operation, within)
     finally:
         os.close(fd)  # releases the lock
 
 
-@contextlib.contextmanager
-def _exclusive(directory: str, within: float) -> Iterator[bool]:
-    """The exclusive lock, tried without blocking for ``within`` seconds: whether it is held."""
-    fd = _open_lock(directory)
-    try:
-        yield _lock_within(fd, within)
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def _lock_within(fd: int, within: float) -> bool:
+def _lock_within(fd: int, operation: int, within: float) -> bool:
     deadline = time.monotonic() + within
     while True:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, operation | fcntl.LOCK_NB)
             return True
         except BlockingIOError:
             if time.monotonic() >= deadline:

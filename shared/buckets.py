@@ -38,22 +38,18 @@ return tostring(wait)
 
 
 class SharedBuckets:
-    """The buckets of one ``namespace`` (``chat``); calls are reported to the link as ``op``."""
+    """The buckets of one ``namespace`` (``chat``); calls are reported to the link as ``rate_limit``."""
 
-    def __init__(self, link: RedisLink, namespace: str, op: str = "rate_limit") -> None:
+    def __init__(self, link: RedisLink, namespace: str) -> None:
         self._link = link
         self._prefix = f"gatehouse:ratelimit:{namespace}:"
-        self._op = op
         self._take = link.client.register_script(_TAKE)
-
-    def key(self, name: str) -> str:
-        return self._prefix + hashlib.sha256(name.encode()).hexdigest()[:32]
 
     async def take(self, name: str, capacity: float, per_second: float) -> float | Unavailable | None:
         """Spend one token of ``name``'s bucket (``capacity`` tokens, refilled at ``per_second``):
         None when spent, else the seconds until one is there; `UNAVAILABLE` without Redis."""
-        key = self.key(name)
-        answer = await self._link.run(self._op, lambda _: self._take(keys=[key], args=[capacity, per_second]))
+        key = self._prefix + hashlib.sha256(name.encode()).hexdigest()[:32]  # a user id is never a key
+        answer = await self._link.run("rate_limit", lambda _: self._take(keys=[key], args=[capacity, per_second]))
         if answer is UNAVAILABLE:
             return UNAVAILABLE
         wait = float(answer)

@@ -126,6 +126,7 @@ class SharedFlight:
     def __init__(self, link: RedisLink, secret: str, namespace: str, lease: float | None = None) -> None:
         self.link = link
         self.lease = lease_for(link.timeout) if lease is None else lease
+        self._lease_ms = max(1, round(self.lease * 1000))
         self.renew_every = self.lease / 3
         self.retry_every = self.lease / 12  # after a renewal that got no answer
         self._sealer = Sealer(secret, namespace)
@@ -143,14 +144,16 @@ class SharedFlight:
         base = f"gatehouse:{self._namespace}:{{{self._sealer.name(secret_value)}}}"
         return f"{base}:lock", f"{base}:result"
 
-    async def claim(self, secret_value: str) -> Found | Lease | Busy | Unavailable:
-        """The result left for ``secret_value``, else its lock if free (a `Lease`, not yet
-        renewing: use it in ``async with``), else `BUSY`. `UNAVAILABLE` when Redis does not
-        answer, or when the result does not open (not sealed by this secret)."""
-        lock, result = self.keys(secret_value)
+    async def claim(self, keys: tuple[str, str]) -> Found | Lease | Busy | Unavailable:
+        """The result left under ``keys`` (`keys` of a secret value: named once, however often a
+        waiter polls), else its lock if free (a `Lease`, not yet renewing: use it in ``async
+        with``), else `BUSY`. `UNAVAILABLE` when Redis does not answer, or when the result does
+        not open (not sealed by this secret)."""
+        lock, result = keys
         owner = secrets.token_hex(16)
-        lease_ms = max(1, round(self.lease * 1000))
-        answer = await self.link.run(self.lock_op, lambda _: self._claim(keys=[lock, result], args=[owner, lease_ms]))
+        answer = await self.link.run(
+            self.lock_op, lambda _: self._claim(keys=[lock, result], args=[owner, self._lease_ms])
+        )
         if answer is UNAVAILABLE:
             return UNAVAILABLE
         if answer[0] == 2:
@@ -168,9 +171,8 @@ class SharedFlight:
     async def renew(self, lock: str, owner: str) -> bool | Unavailable:
         """Extend ``owner``'s hold on ``lock`` by one lease; False when it is not (any more)
         theirs. Tried even during the link's back-off."""
-        lease_ms = max(1, round(self.lease * 1000))
         renewed = await self.link.run(
-            self.lock_op, lambda _: self._renew(keys=[lock], args=[owner, lease_ms]), always=True
+            self.lock_op, lambda _: self._renew(keys=[lock], args=[owner, self._lease_ms]), always=True
         )
         return renewed if renewed is UNAVAILABLE else renewed == 1
 

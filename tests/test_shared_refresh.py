@@ -216,7 +216,7 @@ async def test_a_lock_holder_cancelled_while_it_lets_go_still_releases_the_lock(
     link = RedisLink(redis_server.url, timeout=0.5)
     flight = SharedFlight(link, SECRET, "refresh", lease=30.0)
     try:
-        lease = await flight.claim("rt-cancelled")
+        lease = await flight.claim(flight.keys("rt-cancelled"))
         assert isinstance(lease, Lease)
         entered = asyncio.Event()
 
@@ -257,17 +257,17 @@ REJECTED = b'{"rejected":true}'
 async def lapsed_then_taken(first: SharedFlight, second: SharedFlight, token: str) -> tuple[Lease, Lease]:
     """``first`` takes ``token``'s lock and lets its (short) lease lapse, unrenewed, as a holder
     stalled past its lease does; ``second`` then takes the lock."""
-    early = await first.claim(token)
+    early = await first.claim(first.keys(token))
     assert isinstance(early, Lease)
     await asyncio.sleep(first.lease + 0.2)
-    late = await second.claim(token)
+    late = await second.claim(second.keys(token))
     assert isinstance(late, Lease), late
     return early, late
 
 
 async def found(flight: SharedFlight, token: str) -> bytes | None:
     """What a waiter finds for ``token`` now: the result's value, or None while the lock is held."""
-    claim = await flight.claim(token)
+    claim = await flight.claim(flight.keys(token))
     if claim is BUSY:
         return None
     assert isinstance(claim, Found), claim
@@ -326,7 +326,7 @@ async def test_only_the_owner_renews_or_releases_a_lock(redis_server: RedisServe
             async with holder:  # B lets go: now the lock is free
                 pass
             assert await client.exists(lock) == 0
-        assert isinstance(await waiter.claim("rt-release"), Lease)  # free: a new claimant takes it
+        assert isinstance(await waiter.claim(waiter.keys("rt-release")), Lease)  # free: a new claimant takes it
     await client.aclose()
 
 
@@ -344,7 +344,7 @@ async def test_a_holder_keeps_its_lock_through_a_redis_stall(redis_server: Redis
         try:
             holder = SharedFlight(holder_link, SECRET, "refresh")
             assert holder.lease == lease_for(0.2) == 2.0
-            lease = await holder.claim("rt-stall")
+            lease = await holder.claim(holder.keys("rt-stall"))
             assert isinstance(lease, Lease)
             expires = loop.time() + holder.lease
             async with lease:
@@ -357,7 +357,7 @@ async def test_a_holder_keeps_its_lock_through_a_redis_stall(redis_server: Redis
                 assert holder_link.status == "unavailable"
                 await asyncio.sleep(expires + 0.5 - loop.time())  # past the lease the claim gave
                 assert holder_link.status == "unavailable"  # no health check has ended the back-off
-                assert await other.claim("rt-stall") is BUSY  # a renewal kept it
+                assert await other.claim(other.keys("rt-stall")) is BUSY  # a renewal kept it
         finally:
             await holder_link.close()
 
@@ -398,8 +398,8 @@ async def test_a_result_another_secret_sealed_is_not_used_and_warned_about_once(
         _, result = flight.keys("rt-0")
         client = redis_server.client()
         await client.set(result, Sealer("another secret, not this one", "refresh").seal(SUCCESS, result), px=60_000)
-        assert await flight.claim("rt-0") is UNAVAILABLE  # the caller refreshes alone
-        assert await flight.claim("rt-0") is UNAVAILABLE
+        assert await flight.claim(flight.keys("rt-0")) is UNAVAILABLE  # the caller refreshes alone
+        assert await flight.claim(flight.keys("rt-0")) is UNAVAILABLE
         await client.aclose()
     warnings = [r["message"] for r in logs.records("gatehouse.redis")]
     assert warnings == ["a shared result did not open: this process refreshes alone"]
@@ -414,7 +414,7 @@ async def test_closing_the_link_lets_a_pending_release_end_and_connects_no_more(
     entered = asyncio.Event()
 
     async def holder() -> None:
-        lease = await flight.claim("rt-shutdown")
+        lease = await flight.claim(flight.keys("rt-shutdown"))
         assert isinstance(lease, Lease)
         async with lease:
             entered.set()
@@ -427,7 +427,7 @@ async def test_closing_the_link_lets_a_pending_release_end_and_connects_no_more(
     await link.close()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert await flight.claim("rt-late") is UNAVAILABLE  # a call after close: no connection
+    assert await flight.claim(flight.keys("rt-late")) is UNAVAILABLE  # a call after close: no connection
     await asyncio.sleep(0.2)  # time for anything left over to reconnect, were it to
     assert await redis_server.dump() == {}  # the release ran before the close
     client = redis_server.client()
