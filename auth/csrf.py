@@ -7,7 +7,7 @@ where a request comes from in standard headers.
 **Unsafe requests** (POST, PUT, PATCH, DELETE), checked in this order:
 
 * ``Sec-Fetch-Site``: anything but ``same-origin`` or ``none`` (typed URL, bookmark) is refused,
-  unless ``Origin`` is one of ``ALLOWED_ORIGINS``;
+  unless ``Origin`` (or, without one, the ``Referer``'s origin) is one of ``ALLOWED_ORIGINS``;
 * else ``Origin`` (``null`` included, as sandboxed frames and some redirects send it), else
   ``Referer``: its origin must be the request's own or one of ``ALLOWED_ORIGINS``.
 
