@@ -72,6 +72,7 @@ def tls_upstream(
     """``await tls_upstream(script)``: an https URL answering each connection with ``script``,
     and a list that counts the connections."""
     servers: list[asyncio.Server] = []
+    serving: set[asyncio.Task[None]] = set()
 
     async def start(script: Script) -> tuple[str, list[int]]:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -80,6 +81,9 @@ def tls_upstream(
 
         async def serve(reader: Reader, writer: Writer) -> None:
             connections.append(1)
+            task = asyncio.current_task()
+            assert task is not None
+            serving.add(task)
             try:
                 await script(reader, writer)
             except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
@@ -94,6 +98,14 @@ def tls_upstream(
     yield start
     for server in servers:
         server.close()
+
+    async def finish() -> None:
+        # A connection the gateway keeps alive still has its script waiting for a request.
+        for task in serving:
+            task.cancel()
+        await asyncio.gather(*serving, return_exceptions=True)
+
+    io_loop.run_sync(finish)
 
 
 async def read_request(reader: Reader) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import time
 from collections.abc import Collection, Mapping
 from urllib.parse import urlsplit
 
@@ -41,21 +42,43 @@ class SecretWatch:
         self.responses: list[Response] = []
         self.bodies: dict[Request, str] = {}  # read as each request finishes: a navigation drops them
         self.unread: list[Response] = []
+        self.ended: set[Request] = set()  # finished or failed: nothing more will come for them
         context.on("response", self._record)
         context.on("requestfinished", self._finished)
+        context.on("requestfailed", self._failed)
 
     def _record(self, response: Response) -> None:
         self.responses.append(response)
 
+    def _failed(self, request: Request) -> None:
+        self.ended.add(request)
+
     def _finished(self, request: Request) -> None:
+        self.ended.add(request)
         response = request.response()
         if response is None:
             return
         with contextlib.suppress(Error):  # a redirect, or a body Chromium did not keep
             self.bodies[request] = response.body().decode("utf-8", "replace")
 
+    def settle(self, timeout: float = 2.0) -> None:
+        """Wait (at most ``timeout`` seconds) for responses already received to finish.
+
+        A page may start a request just before the test ends (next-auth's client refetches its
+        session when the window gains focus); its headers can be in while its body is still on
+        the way, and the scan would call that body unread. Playwright's sync API delivers events
+        only while it waits, hence the short waits on a page.
+        """
+        pages = [p for p in self.context.pages if not p.is_closed()]
+        deadline = time.monotonic() + timeout
+        while pages and time.monotonic() < deadline:
+            if all(r.request in self.ended for r in self.responses if not _endless(r)):
+                return
+            pages[0].wait_for_timeout(50)
+
     def haystack(self) -> list[tuple[str, str]]:
         """``(where, text)`` for everything the context's pages received or hold."""
+        self.settle()
         found: list[tuple[str, str]] = []
         for page in self.context.pages:
             if page.is_closed():
@@ -82,10 +105,9 @@ class SecretWatch:
         return [
             f"{r.request.method} {r.url} ({r.status})"
             for r in self.unread
-            if r.status not in (204, 205)
+            if not _endless(r)
+            and r.status not in (204, 205)
             and not 300 <= r.status < 400  # no body to read
-            and not r.headers.get("content-type", "").startswith("text/event-stream")
-            and r.request.resource_type != "eventsource"  # a refused EventSource: the page never gets the body
             and TEST_PAGE_HEADER not in r.headers
             and urlsplit(r.url).path not in accepted
         ]
@@ -99,3 +121,10 @@ class SecretWatch:
             for where, text in haystack
             if pattern.search(text)
         ]
+
+
+def _endless(response: Response) -> bool:
+    """A stream the page may end itself, or an EventSource it was refused: no body to wait for."""
+    return response.headers.get("content-type", "").startswith("text/event-stream") or (
+        response.request.resource_type == "eventsource"
+    )
