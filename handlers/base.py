@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
+import random
 import re
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -255,7 +255,10 @@ class BaseHandler(SessionWriteBack):
         rid: str | None = self.__dict__.get("_request_id")
         if rid is None:
             offered = self.request.headers.get("X-Request-ID", "")
-            rid = offered if _SANE_REQUEST_ID.fullmatch(offered) else os.urandom(16).hex()  # uuid4's bits, less work
+            # An id names a request in logs; it guards nothing, so it needs to be unique, not
+            # unguessable: 128 bits of the process's Mersenne Twister (reseeded in each forked
+            # worker by `random` itself) instead of a getrandom() system call per request.
+            rid = offered if _SANE_REQUEST_ID.fullmatch(offered) else f"{random.getrandbits(128):032x}"
             self.__dict__["_request_id"] = rid
         return rid
 
