@@ -45,6 +45,7 @@ from handlers.preflight import GatewayApplication
 from handlers.proxy import ProxyHandler
 from ops import metrics_files
 from ops.drain import DrainTimings, Listener, drain
+from ops.gc_tuning import tune_gc
 from ops.lifecycle import Lifecycle
 from ops.log_stream import TurnFlushedStreamHandler
 from ops.supervisor import Supervisor
@@ -264,6 +265,7 @@ async def serve(settings: Settings, sockets: list[socket.socket], process: Proce
     ctx = Context.build(settings, metrics)
     lifecycle = Lifecycle()
     server = make_server(make_app(settings, ctx, lifecycle), settings)
+    tune_gc()
     server.add_sockets(sockets)
     listeners: list[Listener] = [server]  # every listener of this process is drained alike
     if process.metrics is not None and exposition is not None:

@@ -157,6 +157,7 @@ class ServerConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
         self._transport = None
+        self._parser.release()
         for waiter in self._drains:
             if not waiter.done():
                 waiter.set_exception(StreamClosedError())
@@ -444,11 +445,20 @@ class Exchange(HTTPConnection):
         elif self._close_callback is not None:
             callback, self._close_callback = self._close_callback, None
             callback()
+        self._release()
 
     def _tell_closed(self) -> None:
         if self.delegate is not None and not self._delegate_closed:
             self._delegate_closed = True
             self.delegate.on_connection_close()
+        self._release()
+
+    def _release(self) -> None:
+        # The delegate (Tornado's, holding the request, which holds this exchange) is told
+        # nothing more: dropping it ends that reference cycle, so a finished request is freed
+        # by reference counting rather than by the cyclic collector (see ops/gc_tuning.py).
+        self.delegate = None
+        self._close_callback = None
 
     # -- tornado.httputil.HTTPConnection -------------------------------------------------
 
@@ -501,7 +511,9 @@ class Exchange(HTTPConnection):
         self._content_left = None
         self._conn = None
         conn.exchange_done(self, self._close)
-        if not self.read:
+        if self.read:
+            self._release()
+        else:
             # Answered before the request was read: the connection closes with it, and the
             # delegate must hear so, or a handler waiting on the rest of the body never ends.
             # After the handler's own finish (its access line, on_finish), as from Tornado's server.

@@ -64,6 +64,13 @@ class BadRequest(Exception):
 Event = RequestHead | bytes | _End | BadRequest
 
 
+class _NoCallbacks:
+    pass
+
+
+_SPENT = httptools.HttpRequestParser(_NoCallbacks())  # a released parser's: never fed
+
+
 class RequestParser:
     """Feed it what the socket reads; it returns the events that bytes completed, in order: a
     `RequestHead`, body chunks (``bytes``), `END`, then the next request's."""
@@ -85,6 +92,13 @@ class RequestParser:
         self._framing = 0  # bytes of a chunked body that are neither body nor an allowed size line
         self._last_bytes = b""  # the end of the last read: a head's end may straddle two reads
         self.closed = False  # a request ended that allows no other after it
+
+    def release(self) -> None:
+        """The connection is gone: take nothing more, and drop llhttp's parser, which holds
+        this object's methods as its callbacks (a reference cycle the cyclic collector would
+        otherwise have to find)."""
+        self.closed = True
+        self._parser = _SPENT
 
     @property
     def in_head(self) -> bool:

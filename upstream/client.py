@@ -31,11 +31,12 @@ import copy
 import ssl
 import time
 import urllib.parse
+import weakref
 from collections.abc import Callable
 from io import BytesIO
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
-from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
 from tornado.httputil import HTTPHeaders, HTTPInputError, ResponseStartLine
 from tornado.iostream import StreamClosedError
 from tornado.simple_httpclient import HTTPStreamClosedError, HTTPTimeoutError
@@ -307,6 +308,12 @@ class _Exchange(ResponseHandler):
             request_time=time.monotonic() - self._started,
             effective_url=self._request.url,
         )
+        error = response.error
+        if isinstance(error, HTTPClientError) and error.response is response:
+            # Tornado's error for a non-2xx answer and the answer refer to each other: a
+            # reference cycle per error answer (and what it holds: the request, the relay).
+            error.response = cast(HTTPResponse, weakref.proxy(response))
+            error.args = (error.code, error.message)
         connection, self._connection = self._connection, None
         if connection is not None and self._origin is not None:
             self._client.pool.give(self._origin, connection)
@@ -334,6 +341,8 @@ class _Exchange(ResponseHandler):
 
     def _answer(self, response: HTTPResponse) -> None:
         self.done = True
+        if isinstance(self._request, AbortableRequest):
+            self._request._exchange = None  # answered: an abort has nothing left to fail (and no cycle outlives it)
         if self._timer is not None:
             self._timer.cancel()
         self._client.active.discard(self)

@@ -128,6 +128,29 @@ class Browser(Protocol):
         """Close the connection: an answer that broke off must never look complete."""
 
 
+class _NoBrowser:
+    """Where a relay that has run writes: nowhere."""
+
+    def start_answer(self, status: int, headers: list[tuple[str, str]], event_stream: bool) -> Awaitable[None]:
+        return _closed_answer()
+
+    def send(self, data: bytes) -> Awaitable[None]:
+        return _closed_answer()
+
+    def abort(self) -> None:
+        pass
+
+
+def _closed_answer() -> asyncio.Future[None]:
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    future.set_exception(StreamClosedError())
+    future.exception()  # nobody need retrieve it
+    return future
+
+
+_NO_BROWSER = _NoBrowser()
+
+
 class Relay:
     """One relay per proxied request: `run` it once; when the browser goes away, `cancel` it,
     or `detach` it to keep reading the upstream unseen for a while."""
@@ -166,6 +189,20 @@ class Relay:
     async def run(
         self, url: str, method: str, headers: HTTPHeaders, body: bytes | None, body_producer: BodyProducer | None
     ) -> RelayResult:
+        try:
+            return await self._run(url, method, headers, body, body_producer)
+        finally:
+            # The relay writes and reports nothing more. Dropping what it no longer needs ends
+            # the handler <-> relay <-> request reference cycles now: a finished stream is freed
+            # by reference counting, not left for the cyclic collector (whose full passes walk
+            # every live stream's objects; see ops/gc_tuning.py).
+            self._browser = _NO_BROWSER
+            self._observer = None
+            self._request = None  # its callbacks are this relay's methods
+
+    async def _run(
+        self, url: str, method: str, headers: HTTPHeaders, body: bytes | None, body_producer: BodyProducer | None
+    ) -> RelayResult:
         if self._failure is not None:  # cancelled before it started
             self.result.outcome = self._failure
             return self.result
@@ -187,6 +224,9 @@ class Relay:
             if not self._headers_sent:
                 raise wrapped.error from None
         except Exception as exc:  # aborted by us, or refused, reset, timed out connecting
+            # The request keeps the error it was aborted with; its traceback's frames hold the
+            # request and this relay: a reference cycle. Nothing here reads the traceback.
+            exc.__traceback__ = None
             if not isinstance(exc, UpstreamAborted):
                 self._failure = self._failure or "upstream_failed"
             self.result.failure = _upstream_failure(self._failure, exc, self._request)
