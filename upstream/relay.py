@@ -190,7 +190,41 @@ class Relay:
         self, url: str, method: str, headers: HTTPHeaders, body: bytes | None, body_producer: BodyProducer | None
     ) -> RelayResult:
         try:
-            return await self._run(url, method, headers, body, body_producer)
+            if self._failure is not None:  # cancelled before it started
+                self.result.outcome = self._failure
+                return self.result
+            self._request = AbortableRequest(
+                url,
+                method=method,
+                headers=headers,
+                body=body,
+                body_producer=self._guard(body_producer) if body_producer else None,
+                head_callback=self._on_head,
+                streaming_callback=self._on_chunk,
+            )
+            self._started = self._last_progress = self._loop.time()
+            self._arm(self._started + self._limits.response_timeout)
+            try:
+                await self._client.fetch(self._request)
+            except _PassThrough as wrapped:
+                self._failure = self._failure or "request_rejected"
+                if not self._headers_sent:
+                    raise wrapped.error from None
+            except Exception as exc:  # aborted by us, or refused, reset, timed out connecting
+                # The request keeps the error it was aborted with; its traceback's frames hold the
+                # request and this relay: a reference cycle. Nothing here reads the traceback.
+                exc.__traceback__ = None
+                if not isinstance(exc, UpstreamAborted):
+                    self._failure = self._failure or "upstream_failed"
+                self.result.failure = _upstream_failure(self._failure, exc, self._request)
+                if not self._headers_sent and self._failure != "client_closed":
+                    raise _error_before_headers(exc, self._failure) from None
+            finally:
+                self._disarm()
+            await self._finish()
+            self.finished = self._failure is None
+            self.result.held = self._held
+            return self.result
         finally:
             # The relay writes and reports nothing more. Dropping what it no longer needs ends
             # the handler <-> relay <-> request reference cycles now: a finished stream is freed
@@ -199,45 +233,6 @@ class Relay:
             self._browser = _NO_BROWSER
             self._observer = None
             self._request = None  # its callbacks are this relay's methods
-
-    async def _run(
-        self, url: str, method: str, headers: HTTPHeaders, body: bytes | None, body_producer: BodyProducer | None
-    ) -> RelayResult:
-        if self._failure is not None:  # cancelled before it started
-            self.result.outcome = self._failure
-            return self.result
-        self._request = AbortableRequest(
-            url,
-            method=method,
-            headers=headers,
-            body=body,
-            body_producer=self._guard(body_producer) if body_producer else None,
-            head_callback=self._on_head,
-            streaming_callback=self._on_chunk,
-        )
-        self._started = self._last_progress = self._loop.time()
-        self._arm(self._started + self._limits.response_timeout)
-        try:
-            await self._client.fetch(self._request)
-        except _PassThrough as wrapped:
-            self._failure = self._failure or "request_rejected"
-            if not self._headers_sent:
-                raise wrapped.error from None
-        except Exception as exc:  # aborted by us, or refused, reset, timed out connecting
-            # The request keeps the error it was aborted with; its traceback's frames hold the
-            # request and this relay: a reference cycle. Nothing here reads the traceback.
-            exc.__traceback__ = None
-            if not isinstance(exc, UpstreamAborted):
-                self._failure = self._failure or "upstream_failed"
-            self.result.failure = _upstream_failure(self._failure, exc, self._request)
-            if not self._headers_sent and self._failure != "client_closed":
-                raise _error_before_headers(exc, self._failure) from None
-        finally:
-            self._disarm()
-        await self._finish()
-        self.finished = self._failure is None
-        self.result.held = self._held
-        return self.result
 
     def cancel(self) -> None:
         """The browser disconnected: drop the upstream request now, whatever its phase."""
