@@ -214,6 +214,10 @@ class Refresher:
         except RefreshUnavailable:
             self.on_result("unavailable")
             raise
+        finally:
+            # The task keeps the error it failed with, whose traceback holds this frame: a
+            # reference cycle through every request that awaited it, unless the frame lets go.
+            del task
         self.on_result("ok" if started and not from_elsewhere else "shared")
         return tokens
 

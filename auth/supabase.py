@@ -371,7 +371,12 @@ class RemoteVerifier:
         if inflight is None:
             inflight = self._inflight[digest] = asyncio.ensure_future(self._ask(token, claims, digest))
             inflight.add_done_callback(lambda f: (self._inflight.pop(digest, None), f.cancelled() or f.exception()))
-        await asyncio.shield(inflight)
+        try:
+            await asyncio.shield(inflight)
+        finally:
+            # The future keeps the error it failed with, whose traceback holds this frame: a
+            # reference cycle through every request that awaited it, unless the frame lets go.
+            del inflight
         return claims
 
     async def _ask(self, token: str, claims: Mapping[str, Any], digest: bytes) -> None:

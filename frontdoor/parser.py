@@ -21,12 +21,21 @@ parsed: llhttp refuses data after them, which the connection takes as the end of
 from __future__ import annotations
 
 import dataclasses
-from typing import Final
+from typing import Any, Final
 
 import httptools
 from tornado.httputil import HTTPHeaders
 
-__all__ = ["END", "MAX_HEADERS", "MAX_HEAD_BYTES", "BadRequest", "Event", "RequestHead", "RequestParser"]
+__all__ = [
+    "END",
+    "MAX_HEADERS",
+    "MAX_HEAD_BYTES",
+    "BadRequest",
+    "Event",
+    "RequestHead",
+    "RequestHeaders",
+    "RequestParser",
+]
 
 MAX_HEAD_BYTES = 64 * 1024  # as Tornado's server: the request line and every header
 MAX_HEADERS = 100
@@ -64,8 +73,22 @@ class BadRequest(Exception):
 Event = RequestHead | bytes | _End | BadRequest
 
 
+class RequestHeaders(HTTPHeaders):
+    """Tornado's ``HTTPHeaders``, with ``get`` and ``in`` that do not raise and catch a
+    ``KeyError`` inside for an absent name (``Mapping``'s do). A request asks after a dozen
+    headers it does not carry (``Content-Length``, ``Origin``, ``X-Request-ID``, ...): about a
+    microsecond each. Same answers: a name's values, comma-joined, as ``headers[name]``."""
+
+    def get(self, name: str, default: Any = None) -> Any:
+        values = self.get_list(name)
+        return ",".join(values) if values else default
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and bool(self.get_list(name))
+
+
 class _NoCallbacks:
-    pass
+    """The callbacks of the parser a released `RequestParser` holds: it is never fed."""
 
 
 _SPENT = httptools.HttpRequestParser(_NoCallbacks())  # a released parser's: never fed
@@ -208,7 +231,7 @@ class RequestParser:
         version = self._parser.get_http_version()
         if version not in ("1.1", "1.0"):
             raise BadRequest(400, "Only HTTP/1.1 and HTTP/1.0 are served.")
-        headers = HTTPHeaders()
+        headers = RequestHeaders()
         for name, value in self._fields:
             headers.add(name.decode("latin-1"), value.decode("latin-1"))
         encoding = headers.get_list("Transfer-Encoding")

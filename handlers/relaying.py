@@ -157,7 +157,9 @@ class RelayingHandler(BaseHandler):
                 raise too_large(self.body_limit())
             self.check_chunk(chunk)
         except ApiError as exc:
-            self._pipe.abort(exc)  # the relay answers it and drops the upstream request
+            # The relay answers it and drops the upstream request. Kept by the pipe, the error's
+            # traceback would hold this frame, and so this handler, in a reference cycle.
+            self._pipe.abort(exc.with_traceback(None))
             return None
         return self._pipe.feed(chunk)
 

@@ -5,9 +5,10 @@ call per request (about a thirtieth of a proxied JSON request's cost in scenario
 record is written to the stream's buffer at once, and the flush is left to the end of the
 current event-loop turn, so a turn that finishes 50 requests writes its 50 lines in one call.
 
-Nothing waits longer than that turn: a line logged outside a running loop (start-up, another
+A line waits no longer than its turn: one logged outside a running loop (start-up, another
 thread, the supervisor) is flushed at once, `close` flushes, and a worker flushes ``stdout``
-before it exits (``ops/supervisor.py``).
+before it exits (``ops/supervisor.py``). A warning or an error is flushed at once too: those
+are the lines an operator needs after a ``SIGKILL``, which would lose a buffered turn.
 """
 
 from __future__ import annotations
@@ -22,7 +23,12 @@ __all__ = ["TurnFlushedStreamHandler"]
 class TurnFlushedStreamHandler(logging.StreamHandler[TextIO]):
     def __init__(self, stream: TextIO) -> None:
         super().__init__(stream)
-        self._flush_scheduled = False
+        self._flush_on: asyncio.AbstractEventLoop | None = None  # the loop a flush is scheduled on
+
+    def emit(self, record: logging.LogRecord) -> None:
+        super().emit(record)  # writes, then calls flush()
+        if record.levelno >= logging.WARNING:
+            super().flush()
 
     def flush(self) -> None:
         try:
@@ -30,12 +36,14 @@ class TurnFlushedStreamHandler(logging.StreamHandler[TextIO]):
         except RuntimeError:  # no loop in this thread: nothing would run a later flush
             super().flush()
             return
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
+        # Scheduled already on this loop: that flush takes this line too. (A loop that stopped
+        # before its flush ran leaves a stale mark: another loop schedules its own.)
+        if self._flush_on is not loop:
+            self._flush_on = loop
             loop.call_soon(self._flush_now)
 
     def _flush_now(self) -> None:
-        self._flush_scheduled = False
+        self._flush_on = None
         super().flush()
 
     def close(self) -> None:

@@ -27,7 +27,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
@@ -44,6 +44,9 @@ from tests.fakes.keepalive import Answer, KeepAliveUpstream, Seen
 from tests.fakes.raw import RawUpstream, Script
 from tests.fakes.sse_scripts import finish_leftover_tasks
 from tests.fakes.supabase import FakeSupabase
+
+if TYPE_CHECKING:  # imports prometheus_client, which only tests with metrics on need
+    from ops.metrics import GatewayMetrics
 
 if os.environ.get("GATEHOUSE_TEST_LOOP") == "uvloop":
     # Production runs on uvloop (server.py); `make test` runs the streaming tests on it too,
@@ -107,9 +110,9 @@ async def wait_until(condition: Callable[[], bool], seconds: float) -> bool:
 def start_gateway(io_loop: Any) -> Iterator[Callable[..., RunningGateway]]:
     started: list[RunningGateway] = []
 
-    def start(backend_url: str | None, **overrides: Any) -> RunningGateway:
+    def start(backend_url: str | None, metrics: GatewayMetrics | None = None, **overrides: Any) -> RunningGateway:
         settings = test_settings(backend_url, **overrides)
-        ctx = Context.build(settings)
+        ctx = Context.build(settings, metrics)
         server = make_server(make_app(settings, ctx), settings)
         # The production backlog: tests open a thousand streams at once, as browsers can.
         [sock] = bind_sockets(0, "127.0.0.1", family=socket.AF_INET, backlog=LISTEN_BACKLOG)

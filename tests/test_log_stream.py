@@ -70,3 +70,32 @@ def test_closing_the_handler_flushes_what_a_stopped_loop_left(piped: tuple[loggi
     assert readable(fd) == b""
     logger.handlers[0].close()
     assert readable(fd) == b"last\n"
+
+
+def test_a_warning_leaves_at_once_even_inside_a_loop(piped: tuple[logging.Logger, int]) -> None:
+    logger, fd = piped
+
+    async def turn() -> bytes:
+        logger.info("before")
+        logger.warning("upstream down")  # the line an operator needs even if the process is killed now
+        return readable(fd)
+
+    assert asyncio.run(turn()) == b"before\nupstream down\n"
+
+
+def test_a_loop_that_stopped_before_its_flush_does_not_hold_back_the_next_ones(
+    piped: tuple[logging.Logger, int],
+) -> None:
+    logger, fd = piped
+    first = asyncio.new_event_loop()
+    first.call_soon(first.stop)
+    first.call_soon(logger.info, "last of the first loop")  # its flush never runs
+    first.run_forever()
+    first.close()
+
+    async def next_loop() -> bytes:
+        logger.info("in the next loop")
+        await asyncio.sleep(0)
+        return readable(fd)
+
+    assert asyncio.run(next_loop()) == b"last of the first loop\nin the next loop\n"

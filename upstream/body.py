@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+from tornado.iostream import StreamClosedError
+
 __all__ = ["BodyPipe"]
 
 _END = b""
@@ -21,11 +23,12 @@ _END = b""
 class BodyPipe:
     def __init__(self, max_chunks: int = 4) -> None:
         self._queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=max_chunks)
-        self._error: BaseException | None = None
+        self._aborted = False
+        self._error: BaseException | None = None  # the abort's, until `produce` raises it
 
     def feed(self, chunk: bytes) -> Awaitable[None] | None:
         """Queue ``chunk``; an awaitable when the queue is full (Tornado waits on it)."""
-        if not chunk or self._error is not None:
+        if not chunk or self._aborted:
             return None
         try:
             self._queue.put_nowait(chunk)
@@ -35,13 +38,14 @@ class BodyPipe:
 
     async def close(self) -> None:
         """The body is complete."""
-        if self._error is None:
+        if not self._aborted:
             await self._queue.put(_END)
 
     def abort(self, error: BaseException) -> None:
         """Fail the upload with ``error``; frees any waiting producer."""
-        if self._error is not None:
+        if self._aborted:
             return
+        self._aborted = True
         self._error = error
         while not self._queue.empty():
             self._queue.get_nowait()
@@ -51,8 +55,11 @@ class BodyPipe:
         """The ``body_producer``: write each chunk upstream, waiting for each write."""
         while True:
             chunk = await self._queue.get()
-            if self._error is not None:
-                raise self._error
+            if self._aborted:
+                # Raised, not kept: its traceback will hold this frame, and so this pipe (a
+                # reference cycle through the handler that holds the pipe, if the pipe held it).
+                error, self._error = self._error, None
+                raise error or StreamClosedError()
             if not chunk:
                 return
             await write(chunk)

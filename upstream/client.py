@@ -341,12 +341,18 @@ class _Exchange(ResponseHandler):
 
     def _answer(self, response: HTTPResponse) -> None:
         self.done = True
+        # Answered: nothing here is needed again, and each would close a reference cycle with
+        # a failure's traceback (the fetch's future keeps it, its frames hold this exchange;
+        # a cancelled task keeps its CancelledError) or with the request's abort.
         if isinstance(self._request, AbortableRequest):
-            self._request._exchange = None  # answered: an abort has nothing left to fail (and no cycle outlives it)
+            self._request._exchange = None
+        callback, self._callback = self._callback, None
+        self._task = None
         if self._timer is not None:
             self._timer.cancel()
+            self._timer = None
         self._client.active.discard(self)
-        self._callback(response)
+        callback(response)
 
 
 class _GatewayHTTPClient(AsyncHTTPClient):

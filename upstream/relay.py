@@ -232,6 +232,7 @@ class Relay:
             # every live stream's objects; see ops/gc_tuning.py).
             self._browser = _NO_BROWSER
             self._observer = None
+            self._on_first_event = None  # a handler's method, when the stream had no event
             self._request = None  # its callbacks are this relay's methods
 
     def cancel(self) -> None:
