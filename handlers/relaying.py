@@ -157,9 +157,7 @@ class RelayingHandler(BaseHandler):
                 raise too_large(self.body_limit())
             self.check_chunk(chunk)
         except ApiError as exc:
-            # The relay answers it and drops the upstream request. Kept by the pipe, the error's
-            # traceback would hold this frame, and so this handler, in a reference cycle.
-            self._pipe.abort(exc.with_traceback(None))
+            self._pipe.abort(exc)  # the relay answers it and drops the upstream request
             return None
         return self._pipe.feed(chunk)
 

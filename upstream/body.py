@@ -46,7 +46,9 @@ class BodyPipe:
         if self._aborted:
             return
         self._aborted = True
-        self._error = error
+        # Held without the traceback it was raised with (if it was): those frames hold the
+        # caller (a handler), which holds this pipe, which would hold them: a reference cycle.
+        self._error = error.with_traceback(None)
         while not self._queue.empty():
             self._queue.get_nowait()
         self._queue.put_nowait(_END)  # wakes the consumer, which then raises ``error``
