@@ -252,6 +252,29 @@ async def test_the_client_frames_request_bodies_itself(keepalive: Any) -> None:
 
 
 @pytest.mark.gen_test(timeout=10)
+async def test_the_callers_headers_are_sent_as_they_are_and_left_unchanged(keepalive: Any) -> None:
+    """No copy of the request's headers is made (a stream would hold both) and none is needed:
+    what the client adds (Host, Connection, its framing) goes on the wire, not into them."""
+    upstream = await keepalive(lambda seen: Answer(ok(b"{}")))
+    client = UpstreamClient(connect_timeout=5)
+    headers = HTTPHeaders({"X-One": "1", "Content-Length": "999"})
+    headers.add("X-Two", "a")
+    headers.add("X-Two", "b")
+    request = AbortableRequest(f"{upstream.url}/echo", method="POST", headers=headers, body=b"{}")
+    try:
+        response = await client.fetch(request)
+        assert response.code == 200
+        seen = upstream.seen[0]
+        assert seen.headers["x-one"] == "1" and seen.headers["x-two"] == "b"  # (the fake keeps the last)
+        assert seen.headers["content-length"] == "2" and seen.headers["host"] == upstream.url.split("//")[1]
+        assert seen.headers["connection"] == "keep-alive"
+        assert request.headers is headers
+        assert list(headers.get_all()) == [("X-One", "1"), ("Content-Length", "999"), ("X-Two", "a"), ("X-Two", "b")]
+    finally:
+        client.close()
+
+
+@pytest.mark.gen_test(timeout=10)
 async def test_aborting_an_upload_the_upstream_does_not_read_frees_everything(caplog: Any) -> None:
     """The upload's writes wait for the upstream to take them; an abort then must not trip
     over that wait (it once raised inside the loop's connection_lost callback)."""

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import ssl
 import time
 import urllib.parse
@@ -138,6 +139,13 @@ class AbortableRequest(HTTPRequest):
         return True
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Framing:
+    chunked: bool  # the body is sent chunked (a producer's, of no declared length)
+    declared: str | None  # the Content-Length the caller gave, which a producer must write
+    close: bool  # the request asks the upstream to close the connection after its answer
+
+
 class _Exchange(ResponseHandler):
     """One fetch: connect or take a pooled connection, send, and answer ``callback`` once."""
 
@@ -159,7 +167,9 @@ class _Exchange(ResponseHandler):
 
     def __init__(self, client: _GatewayHTTPClient, proxy: HTTPRequest, callback: Any) -> None:
         self._client = client
-        self._proxy = proxy  # the _RequestProxy fetch() made: the request with the client's defaults
+        # The request as given: through `_GatewayHTTPClient.send` the caller's own, through
+        # Tornado's ``fetch`` a ``_RequestProxy`` (the request with the client's defaults).
+        self._proxy = proxy
         self._request: HTTPRequest = getattr(proxy, "request", proxy)
         self._callback = callback
         self._connection: Http1Connection | None = None
@@ -179,59 +189,87 @@ class _Exchange(ResponseHandler):
             if request._abort_error is not None:  # aborted before fetch() was called
                 self.fail(request._abort_error)
                 return
-        timeout = self._proxy.request_timeout
+        timeout = self._setting("request_timeout")
         if timeout:
             self._timer = asyncio.get_running_loop().call_later(
                 timeout, self.fail, HTTPTimeoutError("Timeout during request")
             )
-        self._task = asyncio.ensure_future(self._send())
+        try:
+            head, framing = self._request_head()
+        except Exception as exc:
+            self.fail(exc)
+            return
+        reuse = isinstance(request, AbortableRequest) and request.may_reuse_connection
+        assert self._origin is not None
+        connection = self._client.pool.take(self._origin) if reuse else None
+        if connection is None:
+            self._task = asyncio.ensure_future(self._connect_and_send(head, framing))
+            return
+        # Only a request without a body takes a pooled connection: it is sent now, whole, with
+        # no task to start (the usual proxied GET).
+        self.reused = True
+        self._use(connection, head, framing.close)
+        connection.end_request()
 
-    async def _send(self) -> None:
+    def _setting(self, name: str) -> Any:
+        """The request's ``name``, or the client's default for it."""
+        value = getattr(self._proxy, name)
+        return self._client.defaults.get(name) if value is None else value
+
+    def _request_head(self) -> tuple[bytes, _Framing]:
+        """The request's head, and how its body goes; sets the origin it goes to."""
+        request = self._request
+        url = urllib.parse.urlsplit(request.url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"unsupported URL: {request.url}")
+        tls = url.scheme == "https"
+        self._origin = (url.hostname, url.port or (443 if tls else 80), tls)
+        # The caller's headers are sent as they are and never changed (nor copied: see
+        # `_GatewayHTTPClient.send`); what the client adds follows them.
+        headers = request.headers
+        added = []
+        if "Host" not in headers:
+            added.append(("Host", url.netloc.rpartition("@")[2]))
+        if "Connection" not in headers:
+            added.append(("Connection", "keep-alive"))
+        # The framing headers are the client's own (`request_head` drops a caller's): a
+        # caller's could make the upstream read a different request than the one sent.
+        declared = headers.get("Content-Length")
+        if declared is not None and not (declared.isascii() and declared.isdigit()):
+            raise ValueError("bad Content-Length")
+        if request.body is not None:
+            added.append(("Content-Length", str(len(request.body))))
+        elif request.body_producer is not None and declared is not None:
+            added.append(("Content-Length", declared))  # the producer must write exactly that
+        chunked = request.body_producer is not None and declared is None
+        if chunked:
+            added.append(("Transfer-Encoding", "chunked"))
+        target = (url.path or "/") + (f"?{url.query}" if url.query else "")
+        close = "close" in headers.get("Connection", "").lower()
+        return request_head(request.method, target, headers, added), _Framing(chunked, declared, close)
+
+    def _use(self, connection: Http1Connection, head: bytes, close: bool) -> None:
+        self._connection = connection
+        if isinstance(self._request, AbortableRequest):
+            self._request.connected = True
+        connection.start(self, head, self._request.method == "HEAD", close=close)
+
+    async def _connect_and_send(self, head: bytes, framing: _Framing) -> None:
         request = self._request
         try:
-            url = urllib.parse.urlsplit(request.url)
-            if url.scheme not in ("http", "https") or not url.hostname:
-                raise ValueError(f"unsupported URL: {request.url}")
-            tls = url.scheme == "https"
-            self._origin = (url.hostname, url.port or (443 if tls else 80), tls)
-            headers = request.headers
-            headers.setdefault("Host", url.netloc.rpartition("@")[2])
-            headers.setdefault("Connection", "keep-alive")
-            body = request.body
-            producer: Any = request.body_producer
-            # The framing headers are the client's own: a caller's could make the upstream
-            # read a different request than the one sent.
-            headers.pop("Transfer-Encoding", None)
-            declared = headers.pop("Content-Length", None)
-            if declared is not None and not (declared.isascii() and declared.isdigit()):
-                raise ValueError("bad Content-Length")
-            if body is not None:
-                headers["Content-Length"] = str(len(body))
-            elif producer is not None and declared is not None:
-                headers["Content-Length"] = declared  # the producer must write exactly that
-            chunked = producer is not None and declared is None
-            if chunked:
-                headers["Transfer-Encoding"] = "chunked"
-            target = (url.path or "/") + (f"?{url.query}" if url.query else "")
-            head = request_head(request.method, target, headers)
-
-            reuse = isinstance(request, AbortableRequest) and request.may_reuse_connection
-            connection = self._client.pool.take(self._origin) if reuse else None
-            self.reused = connection is not None
-            if connection is None:
-                connection = await self._connect(self._origin)
+            assert self._origin is not None
+            connection = await self._connect(self._origin)
             if self.done:  # aborted while connecting
                 connection.close()
                 return
-            self._connection = connection
-            if isinstance(request, AbortableRequest):
-                request.connected = True
-            close = "close" in headers.get("Connection", "").lower()
-            connection.start(self, head, request.method == "HEAD", close=close)
+            self._use(connection, head, framing.close)
+            body = request.body
+            producer: Any = request.body_producer
             if body:
                 await connection.write(body)
             elif producer is not None:
                 sent = 0
+                chunked, declared = framing.chunked, framing.declared
 
                 async def write(data: bytes) -> None:
                     nonlocal sent
@@ -254,7 +292,7 @@ class _Exchange(ResponseHandler):
         connecting = loop.create_connection(
             Http1Connection, host, port, ssl=_TLS if tls else None, server_hostname=host if tls else None
         )
-        timeout = self._proxy.connect_timeout
+        timeout = self._setting("connect_timeout")
         try:
             _, connection = await asyncio.wait_for(connecting, timeout or None)
         except TimeoutError:
@@ -368,6 +406,30 @@ class _GatewayHTTPClient(AsyncHTTPClient):
         self.active.add(exchange)
         exchange.begin()
 
+    def send(self, request: HTTPRequest) -> asyncio.Future[HTTPResponse]:
+        """``fetch(request, raise_error=False)``, less Tornado's copy of the request's headers.
+
+        ``fetch`` copies them so that a client's defaults can be added without touching the
+        caller's object; this client adds none to them (`_Exchange` sends them unchanged, its
+        own framing after them), so the copy protects nothing, costs every request a second
+        ``HTTPHeaders``, and a stream would hold both for its life. The future fails with the
+        error of a transport failure (the 599 answers, which only `_Exchange.fail` makes);
+        an HTTP error status is an answer."""
+        if self._closed:
+            raise RuntimeError("send() called on a closed client")
+        future: asyncio.Future[HTTPResponse] = asyncio.get_running_loop().create_future()
+
+        def answer(response: HTTPResponse) -> None:
+            if future.done():  # cancelled by the caller
+                return
+            if response.code == 599 and response.error is not None:
+                future.set_exception(response.error)
+            else:
+                future.set_result(response)
+
+        self.fetch_impl(request, answer)
+        return future
+
     def close(self) -> None:
         for exchange in list(self.active):
             exchange.fail(UpstreamAborted("client_closed"))
@@ -407,10 +469,10 @@ class UpstreamClient:
         fresh one: the upstream had closed that idle connection as the request went out.
         """
         try:
-            return await self._client.fetch(request, raise_error=False)
+            return await self._client.send(request)
         except Exception:
             if isinstance(request, AbortableRequest) and request.take_resend():
-                return await self._client.fetch(request, raise_error=False)
+                return await self._client.send(request)
             raise
 
     async def call(

@@ -15,8 +15,9 @@ whose answer was read to its end with nothing after it.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from typing import cast
 
 from tornado.httputil import HTTPHeaders, ResponseStartLine
@@ -30,6 +31,7 @@ __all__ = ["Http1Connection", "ResponseHandler", "chunk", "request_head"]
 _BAD_HEADER_CHARS = re.compile(r"[\x00\r\n]")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _TARGET = re.compile(r"[\x21-\x7e]+")
+_FRAMING_HEADERS = frozenset(("Content-Length", "Transfer-Encoding"))  # as HTTPHeaders spells them
 
 
 class ResponseHandler:
@@ -242,13 +244,15 @@ class Http1Connection(asyncio.Protocol):
             handler.on_done(error)
 
 
-def request_head(method: str, target: str, headers: HTTPHeaders) -> bytes:
-    """The request line and headers; a method that is not a token, a target with anything but
-    visible ASCII, or a CR, LF or NUL in a header is refused (``ValueError``)."""
+def request_head(method: str, target: str, headers: HTTPHeaders, framing: Iterable[tuple[str, str]] = ()) -> bytes:
+    """The request line, ``headers`` but their framing ones (``Content-Length``,
+    ``Transfer-Encoding``), then ``framing``: the sender's own. A method that is not a token, a
+    target with anything but visible ASCII, or a CR, LF or NUL in a header is refused
+    (``ValueError``)."""
     if not _TOKEN.fullmatch(method) or not _TARGET.fullmatch(target):
         raise ValueError("bad request line")
     lines = [f"{method} {target} HTTP/1.1"]
-    for name, value in headers.get_all():
+    for name, value in itertools.chain(((n, v) for n, v in headers.get_all() if n not in _FRAMING_HEADERS), framing):
         line = f"{name}: {value}"
         if _BAD_HEADER_CHARS.search(line):
             raise ValueError("newline in header")

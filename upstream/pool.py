@@ -55,7 +55,9 @@ class ConnectionPool:
         if self.max_idle <= 0 or not connection.reusable:
             connection.close()
             return
-        idle = self._idle.setdefault(origin, collections.deque())
+        idle = self._idle.get(origin)
+        if idle is None:
+            idle = self._idle[origin] = collections.deque()
         now = asyncio.get_running_loop().time()
         while idle and (len(idle) >= self.max_idle or idle[0][0] < now - self.idle_seconds):
             idle.popleft()[1].close()
