@@ -234,6 +234,10 @@ class RequestParser:
         headers = RequestHeaders()
         for name, value in self._fields:
             headers.add(name.decode("latin-1"), value.decode("latin-1"))
+        # The raw lines are decoded: not held for the life of a stream (the cookie is most of them).
+        self._fields = []
+        target = self._target.decode("latin-1")
+        self._target.clear()
         encoding = headers.get_list("Transfer-Encoding")
         if encoding and (len(encoding) > 1 or encoding[0].lower() != "chunked"):
             raise BadRequest(400, "The only transfer coding accepted is chunked.")
@@ -241,7 +245,7 @@ class RequestParser:
         self._events.append(
             RequestHead(
                 method=self._parser.get_method().decode("ascii"),
-                target=self._target.decode("latin-1"),
+                target=target,
                 version="HTTP/" + version,
                 headers=headers,
                 keep_alive=self._parser.should_keep_alive(),

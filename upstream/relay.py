@@ -155,6 +155,30 @@ class Relay:
     """One relay per proxied request: `run` it once; when the browser goes away, `cancel` it,
     or `detach` it to keep reading the upstream unseen for a while."""
 
+    # One per relayed request, held for a whole stream: slots, not a dict per instance.
+    __slots__ = (
+        "_browser",
+        "_client",
+        "_cut",
+        "_detached_until",
+        "_failure",
+        "_headers_sent",
+        "_held",
+        "_last_progress",
+        "_last_write",
+        "_limits",
+        "_loop",
+        "_observer",
+        "_on_first_event",
+        "_request",
+        "_sse",
+        "_started",
+        "_watchdog",
+        "_writing",
+        "finished",
+        "result",
+    )
+
     def __init__(
         self,
         browser: Browser,
