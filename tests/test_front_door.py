@@ -88,6 +88,34 @@ async def test_keep_alive_serves_several_requests_on_one_connection(door: Callab
     writer.close()
 
 
+def data_segments_received(writer: asyncio.StreamWriter) -> int:
+    """TCP segments with data that reached this socket (Linux ``tcp_info.tcpi_data_segs_in``)."""
+    info = writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 160)
+    return int.from_bytes(info[152:156], "little")
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_an_answers_head_and_body_reach_the_browser_in_one_segment(
+    door: Callable[..., Door], session_cookie: Callable[..., str]
+) -> None:
+    """A proxied answer's head is held until its body, which the same upstream read brings,
+    so both go out in one write: one system call and one TCP segment, not two. An SSE head
+    is not held back for the first event: it goes out at the end of its loop turn."""
+    gate = door()
+    reader, writer = await asyncio.open_connection("127.0.0.1", gate.port)
+    cookie = session_cookie()
+    for answer in range(1, 4):  # keep-alive: every answer on the connection
+        writer.write(f"GET /api/proxy/echo/{answer} HTTP/1.1\r\nHost: g\r\nCookie: {cookie}\r\n\r\n".encode())
+        head, body = await read_answer(reader)
+        assert head.startswith(b"HTTP/1.1 200 ") and b'"method": "GET"' in body
+        await asyncio.sleep(0.05)  # anything still to come would have arrived
+        assert data_segments_received(writer) == answer
+    writer.write(f"GET /api/proxy/sse?events=2&interval=1 HTTP/1.1\r\nHost: g\r\nCookie: {cookie}\r\n\r\n".encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 0.8)  # before the first event
+    assert b"text/event-stream" in head
+    writer.close()
+
+
 @pytest.mark.gen_test
 async def test_http_1_0_closes_unless_it_asks_for_keep_alive(door: Callable[..., Door]) -> None:
     gate = door()
