@@ -86,6 +86,7 @@ class RelayingHandler(BaseHandler):
     _json = False
     _received = 0
     _streaming = False  # an SSE answer is being relayed (counted in the active streams)
+    _answered_direct = False  # the head is written: `send` writes to the connection itself
 
     # -- hooks -------------------------------------------------------------------------
 
@@ -258,9 +259,17 @@ class RelayingHandler(BaseHandler):
             if self.ctx.metrics is not None:
                 self._streaming = True
                 self.ctx.metrics.route(self.route).stream_started()
-        return self.flush()
+        flushed = self.flush()
+        self._answered_direct = not self.application.transforms and self.request.method != "HEAD"
+        return flushed
 
     def send(self, data: bytes) -> Awaitable[None]:
+        if self._answered_direct:
+            # The head is out: each piece goes straight to the connection. Tornado's ``write``
+            # and ``flush`` would add a buffer and a join per SSE event, for nothing a relayed
+            # body needs (the application has no output transforms, a HEAD answer no body).
+            self.bytes_out += len(data)
+            return self.request.connection.write(data)  # type: ignore[union-attr]
         self.write(data)
         return self.flush()
 
