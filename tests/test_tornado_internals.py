@@ -1,9 +1,14 @@
 """Fails loudly when a Tornado upgrade moves what gatehouse relies on beyond Tornado's docs.
 
-``upstream/client.py`` is an `AsyncHTTPClient` implementation: it relies on ``fetch`` wrapping
-each request in a ``_RequestProxy`` (holding the original as ``.request``) before calling
-``fetch_impl``, and on a 599 answer with an error raising that error even with
-``raise_error=False``. Gatehouse's handlers add private attributes to
+``upstream/client.py`` is an `AsyncHTTPClient` implementation. The gateway calls its ``send``,
+which is ``fetch(raise_error=False)`` without ``fetch``'s copy of the request's headers: it
+relies on what ``fetch`` does being that (asserted below, so that a Tornado release that stops
+copying is noticed), on ``HTTPResponse._error_is_response_code`` telling an answer's own error
+status from a failure (``fetch``'s own test), on the client's ``defaults`` and ``_closed``, and
+on a request's unset timeouts being ``None``. ``fetch`` itself still works for any other
+caller: it relies on ``fetch`` wrapping each request in a ``_RequestProxy`` (holding the
+original as ``.request``) before calling ``fetch_impl``, and on a 599 answer with an error
+raising that error even with ``raise_error=False``. Gatehouse's handlers add private attributes to
 `tornado.web.RequestHandler` subclasses, which must never shadow Tornado's own (assigning
 ``self._headers`` in a handler once replaced Tornado's response headers).
 """
@@ -38,6 +43,20 @@ def test_fetch_hands_fetch_impl_a_proxy_of_the_original_request() -> None:
     proxy = _RequestProxy(HTTPRequest("http://x/"), {"connect_timeout": 3})
     assert isinstance(proxy.request, HTTPRequest)
     assert proxy.connect_timeout == 3  # defaults apply where the request sets none
+
+
+def test_what_send_relies_on_beside_fetch() -> None:
+    fetch = inspect.getsource(AsyncHTTPClient.fetch)
+    assert "raise_error or not response._error_is_response_code" in fetch
+    request = HTTPRequest("http://x/")
+    assert request.request_timeout is None and request.connect_timeout is None
+    assert HTTPResponse(request, 502)._error_is_response_code  # an answer, error status and all
+    assert HTTPResponse(request, 599)._error_is_response_code  # an upstream's own 599 too
+    assert not HTTPResponse(request, 599, error=UpstreamAborted("gone"))._error_is_response_code
+    client = AsyncHTTPClient(force_instance=True, defaults={"connect_timeout": 3})
+    assert client.defaults["connect_timeout"] == 3 and not client._closed
+    client.close()
+    assert client._closed
 
 
 @pytest.mark.gen_test(timeout=5)

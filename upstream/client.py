@@ -6,9 +6,10 @@ per stream (two coroutine chains, an IOStream, an ``HTTP1Connection``), cannot b
 without reaching into its internals (tornadoweb/tornado#157), and left a fetch hanging on an
 upstream reset in 6.6.1; ``curl_httpclient`` has no backpressure and no ``body_producer``.
 `UpstreamClient` is an `AsyncHTTPClient` whose ``fetch_impl`` drives ``upstream/http1.py``
-(one asyncio protocol object per connection) and ``upstream/pool.py``. It keeps Tornado's
-contract for what gatehouse uses (``header_callback`` with the head's lines, an async
-``streaming_callback`` that is awaited before more is read, ``body_producer``,
+(one asyncio protocol object per connection) and ``upstream/pool.py``; the gateway calls it
+through `_GatewayHTTPClient.send` (``fetch`` without its copy of the request's headers). It
+keeps Tornado's contract for what gatehouse uses (``header_callback`` with the head's lines, an
+async ``streaming_callback`` that is awaited before more is read, ``body_producer``,
 ``connect_timeout``, ``request_timeout``; errors answer as 599 with the error) and adds:
 
 * `AbortableRequest.abort`: fail the fetch at once and close its socket, in any phase;
@@ -208,8 +209,11 @@ class _Exchange(ResponseHandler):
         # Only a request without a body takes a pooled connection: it is sent now, whole, with
         # no task to start (the usual proxied GET).
         self.reused = True
-        self._use(connection, head, framing.close)
-        connection.end_request()
+        try:
+            self._use(connection, head, framing.close)
+            connection.end_request()
+        except Exception as exc:
+            self.fail(exc)
 
     def _setting(self, name: str) -> Any:
         """The request's ``name``, or the client's default for it."""
@@ -413,16 +417,19 @@ class _GatewayHTTPClient(AsyncHTTPClient):
         caller's object; this client adds none to them (`_Exchange` sends them unchanged, its
         own framing after them), so the copy protects nothing, costs every request a second
         ``HTTPHeaders``, and a stream would hold both for its life. The future fails with the
-        error of a transport failure (the 599 answers, which only `_Exchange.fail` makes);
-        an HTTP error status is an answer."""
+        error of a transport failure; an HTTP error status (599 included) is an answer, as with
+        ``fetch``."""
         if self._closed:
             raise RuntimeError("send() called on a closed client")
+        if not isinstance(request.headers, HTTPHeaders):  # as fetch: a plain dict is taken too
+            request.headers = HTTPHeaders(request.headers)
         future: asyncio.Future[HTTPResponse] = asyncio.get_running_loop().create_future()
 
         def answer(response: HTTPResponse) -> None:
             if future.done():  # cancelled by the caller
                 return
-            if response.code == 599 and response.error is not None:
+            # Tornado's own test in fetch: an error that is not the answer's status is a failure.
+            if response.error is not None and not response._error_is_response_code:
                 future.set_exception(response.error)
             else:
                 future.set_result(response)

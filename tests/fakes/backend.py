@@ -9,7 +9,8 @@ Routes (any method unless said otherwise):
 * ``/status/<code>``: that status with a JSON body (and a ``Retry-After`` on 429/503).
 * ``/headers``: a response with ``Set-Cookie``, hop-by-hop and ``Connection``-named headers,
   and a CORS grant of its own (``Access-Control-Allow-Origin: *``) with ``Vary``.
-* ``/sse?events=N&interval=S``: N SSE events, each ``data: {"n": i, "sent": <time>}``.
+* ``/sse?events=N&interval=S``: N SSE events, each ``data: {"n": i, "sent": <time>}``;
+  ``&wait=W``: the head sent alone first, then W seconds before the first event.
 * ``/slow?delay=S``: waits S seconds before answering.
 * ``/auth/password-reset...``, ``/auth/forgot-password...``: same as ``/echo``.
 * ``POST /auth/login`` ``{"username": "ada", "password": "correct horse"}``: ``at-login`` /
@@ -117,7 +118,9 @@ class _Handler(RequestHandler):
             self.json({"ok": True})
         elif path == "/sse":
             await self.send_events(
-                int(self.get_query_argument("events", "5")), float(self.get_query_argument("interval", "0.05"))
+                int(self.get_query_argument("events", "5")),
+                float(self.get_query_argument("interval", "0.05")),
+                float(self.get_query_argument("wait", "0")),
             )
         elif path == "/auth/refresh" and self.request.method == "POST":
             await self.refresh()
@@ -176,8 +179,11 @@ class _Handler(RequestHandler):
             self.write(data[start : start + 256 * 1024])
             await self.flush()
 
-    async def send_events(self, count: int, interval: float) -> None:
+    async def send_events(self, count: int, interval: float, wait: float = 0.0) -> None:
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+        if wait:
+            await self.flush()  # the head alone
+            await asyncio.sleep(wait)
         for n in range(count):
             self.write(f"data: {json.dumps({'n': n, 'sent': time.time()})}\n\n")
             await self.flush()

@@ -24,6 +24,7 @@ class Seen:
     path: str
     headers: dict[str, str]
     body: bytes
+    lines: tuple[str, ...] = ()  # the head's header lines, as sent
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +71,7 @@ class KeepAliveUpstream(LoopbackServer):
                     k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)
                 }
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
-                seen = Seen(number, method, path, headers, body)
+                seen = Seen(number, method, path, headers, body, tuple(line for line in lines[1:] if line))
                 self.seen.append(seen)
                 answer = self.answer(seen)
                 if answer.delay:
