@@ -384,13 +384,13 @@ class ServerConnection(asyncio.Protocol):
         transport = self._transport
         if transport is None or transport.is_closing():
             return _closed()
-        if self._held:
-            data, self._held = self._held + data, b""
-        elif hold:
-            asyncio.get_running_loop().call_soon(self._send_held)
         if hold:
-            self._held = data
+            if not self._held:  # the turn's end sends it, unless a write takes it first
+                asyncio.get_running_loop().call_soon(self._send_held)
+            self._held += data
         else:
+            if self._held:
+                data, self._held = self._held + data, b""
             transport.write(data)
         if not self._writing_paused:
             return self._ready

@@ -142,7 +142,6 @@ class AbortableRequest(HTTPRequest):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Framing:
-    chunked: bool  # the body is sent chunked (a producer's, of no declared length)
     declared: str | None  # the Content-Length the caller gave, which a producer must write
     close: bool  # the request asks the upstream to close the connection after its answer
 
@@ -245,12 +244,11 @@ class _Exchange(ResponseHandler):
             added.append(("Content-Length", str(len(request.body))))
         elif request.body_producer is not None and declared is not None:
             added.append(("Content-Length", declared))  # the producer must write exactly that
-        chunked = request.body_producer is not None and declared is None
-        if chunked:
+        if request.body_producer is not None and declared is None:
             added.append(("Transfer-Encoding", "chunked"))
         target = (url.path or "/") + (f"?{url.query}" if url.query else "")
         close = "close" in headers.get("Connection", "").lower()
-        return request_head(request.method, target, headers, added), _Framing(chunked, declared, close)
+        return request_head(request.method, target, headers, added), _Framing(declared, close)
 
     def _use(self, connection: Http1Connection, head: bytes, close: bool) -> None:
         self._connection = connection
@@ -273,7 +271,8 @@ class _Exchange(ResponseHandler):
                 await connection.write(body)
             elif producer is not None:
                 sent = 0
-                chunked, declared = framing.chunked, framing.declared
+                declared = framing.declared
+                chunked = declared is None  # a producer's body of no declared length
 
                 async def write(data: bytes) -> None:
                     nonlocal sent
